@@ -1,0 +1,196 @@
+"""The stacked recurrent network and its truncated-BPTT training, as one LightningModule.
+
+Design (why the training loop looks like this)
+----------------------------------------------
+Lightning 2.x has no built-in TBPTT (its docs' TBPTT page carries the hidden state between
+`training_step` calls by hand). We do the same, one step further: a training batch is a *block* of
+`chunks_per_batch` consecutive chunks, and `training_step` runs the tutorial's loop over them with manual
+optimization: forward a chunk from the carried state, loss, backward, optimizer step, detach the state.
+So every chunk still gets its own optimizer step (as in the tutorial; `global_step` counts chunks), but
+Lightning's fixed per-call cost (~2 ms, far more than a chunk of this tiny model costs) is paid once per
+block instead of once per chunk. `data.chunks_per_batch=1` gives the plain one-chunk-per-step loop.
+
+The carried state is ONE tensor `[layers, S, streams, state_size]`, S = 2 for LSTM (index 0 = cell state,
+1 = hidden state, the tutorial's order) and S = 1 for GRU/RNN. It is a plain attribute, not a registered
+buffer, because under DDP each process carries the state of its own streams (a buffer would be broadcast
+from rank 0). It is detached after every chunk, so gradients stop at the chunk boundary, and reset to zeros
+at the first block of every epoch. Validation runs its fixed series from a zero state of its own.
+
+Boundary accuracy: the first `echo_step` targets of a chunk echo inputs of the *previous* chunk, so a model
+can only predict them through the carried state. Positions whose target precedes the series (t <
+echo_step, targets 0 by definition) are left out of every accuracy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+RNN_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+
+
+def state_parts(cell: str) -> int:
+    return 2 if cell == "lstm" else 1
+
+
+def position_masks(first_chunk: int, n_chunks: int, chunk_length: int, echo_step: int, device=None):
+    """(valid, boundary) masks of shape [n_chunks, 1, chunk_length] for chunks first_chunk.. of a stream."""
+    t = torch.arange(n_chunks * chunk_length, device=device).reshape(n_chunks, 1, chunk_length)
+    t = t + first_chunk * chunk_length
+    valid = t >= echo_step
+    boundary = valid & (t % chunk_length < echo_step)
+    return valid, boundary
+
+
+def masked_acc(correct: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.expand_as(correct)
+    return (correct & mask).sum() / mask.sum().clamp(min=1)
+
+
+class EchoLSTM(pl.LightningModule):
+    def __init__(
+        self,
+        layers: int = 3,
+        state_size: int = 4,
+        cell: str = "lstm",
+        dropout: float = 0.0,
+        forget_bias: float = 0.0,
+        echo_step: int = 3,
+        truncated_backprop_length: int = 15,
+        optimizer: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(logger=False)  # the app logs the whole resolved config instead
+        self.automatic_optimization = False
+        self.rnn = RNN_CLASSES[cell](
+            input_size=1,
+            hidden_size=state_size,
+            num_layers=layers,
+            batch_first=True,
+            dropout=dropout if layers > 1 else 0.0,  # between layers; the top layer's is below
+        )
+        self.output_dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(state_size, 2)
+        if cell == "lstm" and forget_bias:
+            with torch.no_grad():  # gate order i, f, g, o: TensorFlow's LSTMCell adds this to f
+                for layer in range(layers):
+                    getattr(self.rnn, f"bias_ih_l{layer}")[state_size : 2 * state_size] += forget_bias
+        self.train_state: torch.Tensor | None = None
+
+    # ---------------------------------------------------------------- the network
+    def initial_state(self, streams: int) -> torch.Tensor:
+        h = self.hparams
+        return self.head.weight.new_zeros(h.layers, state_parts(h.cell), streams, h.state_size)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: [streams, T] of 0/1 (any dtype); state: None or [layers, S, streams, state_size].
+
+        Returns logits [streams, T, 2] and the final state, packed the same way.
+        """
+        inputs = x.to(self.head.weight.dtype).unsqueeze(-1)
+        if state is None:
+            hidden = None
+        elif self.hparams.cell == "lstm":
+            hidden = (state[:, 1].contiguous(), state[:, 0].contiguous())  # torch wants (h, c)
+        else:
+            hidden = state[:, 0].contiguous()
+        out, hidden = self.rnn(inputs, hidden)
+        logits = self.head(self.output_dropout(out))
+        if self.hparams.cell == "lstm":
+            h, c = hidden
+            new_state = torch.stack((c, h), dim=1)
+        else:
+            new_state = hidden.unsqueeze(1)
+        return logits, new_state
+
+    # ---------------------------------------------------------------- training
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        o = dict(self.hparams.optimizer or {"name": "adagrad", "lr": 0.3})
+        name, lr = o.pop("name"), o.pop("lr")
+        params = self.parameters()
+        if name == "adagrad":
+            return torch.optim.Adagrad(
+                params, lr=lr, initial_accumulator_value=o.get("initial_accumulator_value", 0.0),
+                weight_decay=o.get("weight_decay", 0.0), eps=o.get("eps", 1e-10),
+            )
+        if name == "adam":
+            return torch.optim.Adam(params, lr=lr, weight_decay=o.get("weight_decay", 0.0))
+        if name == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=o.get("momentum", 0.0),
+                                   weight_decay=o.get("weight_decay", 0.0))
+        raise ValueError(f"optimizer.name={name!r} is invalid: must be one of adagrad, adam, sgd")
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
+        x, y = batch["x"], batch["y"]  # [chunks, streams, T]
+        n_chunks, streams, T = x.shape
+        state = self.train_state
+        if batch["first"] or state is None or state.shape[2] != streams:
+            state = self.initial_state(streams)  # a new epoch: new series, fresh state
+        state = state.to(x.device)
+        opt = self.optimizers()
+        losses, preds = [], []
+        for k in range(n_chunks):
+            logits, state = self(x[k], state)
+            loss = F.cross_entropy(logits.reshape(-1, 2), y[k].reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            opt.step()
+            state = state.detach()  # truncate: the next chunk's gradients stop here
+            losses.append(loss.detach())
+            preds.append(logits.detach().argmax(-1))
+        self.train_state = state
+        preds = torch.stack(preds)
+        loss = torch.stack(losses).mean()
+        self._log_block("train", loss, preds, y, batch["chunk0"])
+        # For callbacks (figures): the block's last chunk, as the tutorial draws it. No copies, no syncs.
+        return {"loss": loss, "x": x[-1], "y": y[-1], "pred": preds[-1]}
+
+    def _log_block(self, stage: str, loss, preds, y, first_chunk: int) -> None:
+        n_chunks, _, T = y.shape
+        valid, boundary = position_masks(first_chunk, n_chunks, T, self.hparams.echo_step, y.device)
+        correct = preds == y
+        metrics = {
+            f"{stage}/loss": loss,
+            f"{stage}/acc": masked_acc(correct, valid),
+            f"{stage}/boundary_acc": masked_acc(correct, boundary),
+        }
+        if stage == "train":
+            self.log_dict(metrics, on_step=True, on_epoch=False)
+            self.log("step", float(self.global_step), on_step=True, on_epoch=False)  # x axis = chunks
+        else:
+            metrics[f"{stage}/min_acc"] = torch.minimum(metrics[f"{stage}/acc"], metrics[f"{stage}/boundary_acc"])
+            self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True)
+
+    # ---------------------------------------------------------------- validation
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        # The whole fixed series in one call from a zero state: the same as running its chunks in order
+        # with the state carried between them, only faster.
+        x, y = batch["x"], batch["y"]  # [streams, length]
+        logits, _ = self(x)
+        loss = F.cross_entropy(logits.reshape(-1, 2), y.reshape(-1))
+        T = self.hparams.truncated_backprop_length
+        streams, length = y.shape
+        as_chunks = y.reshape(streams, length // T, T).transpose(0, 1)
+        preds = logits.argmax(-1).reshape(streams, length // T, T).transpose(0, 1)
+        self._log_block("val", loss, preds, as_chunks, 0)
+
+    # ---------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Every stream's carried state, in global stream order (gathered from all processes under DDP).
+        state = self.train_state
+        if state is not None and self.trainer.world_size > 1:
+            gathered = self.all_gather(state)  # [world, layers, S, local streams, H]
+            state = torch.cat(list(gathered), dim=2)
+        checkpoint["echo_train_state"] = None if state is None else state.detach().cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("echo_train_state")
+        if state is not None and self._trainer is not None and self.trainer.world_size > 1:
+            per_rank = state.shape[2] // self.trainer.world_size
+            rank = self.trainer.global_rank
+            state = state[:, :, rank * per_rank : (rank + 1) * per_rank]
+        self.train_state = state

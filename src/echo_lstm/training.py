@@ -1,0 +1,141 @@
+"""One training run from a validated config: build data, model, logger, callbacks, Trainer; fit; report.
+
+Imported only once the config has passed `config.validate`, so `--help` and config errors never pay for
+torch and Lightning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from echo_lstm.config import ConfigError
+
+
+def quiet_libraries() -> None:
+    """Silence start-up tips and dependency deprecation chatter that say nothing about this run."""
+    import pytorch_lightning  # noqa: F401  (creates its loggers, which we then quiet)
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("pytorch_lightning", "lightning")):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*`isinstance\\(treespec, LeafSpec\\)`.*")
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as flat `a.b.c -> scalar` pairs for TensorBoard's HParams tab."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}." if not prefix else f"{prefix}{k}.")
+        else:
+            key = prefix[:-1]
+            out[key] = node if isinstance(node, (bool, int, float, str)) else str(node)
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for k in ("logger", "callbacks", "run_dir"):
+        container.pop(k, None)
+    walk(container, "")
+    return out
+
+
+def log_hparams(logger: Any, cfg: DictConfig, metrics: list[str]) -> None:
+    """Fill the HParams tab: every config value, and which scalar tags are the run's metrics.
+
+    Written with TensorBoard's summary directly rather than `logger.log_hyperparams(params, metrics)`,
+    which would also write placeholder metric values at step 0 into the real curves.
+    """
+    from torch.utils.tensorboard.summary import hparams
+
+    experiment, session_start, session_end = hparams(flat_hparams(cfg), {m: float("nan") for m in metrics})
+    writer = logger.experiment.get_writer() if hasattr(logger.experiment, "get_writer") else logger.experiment
+    for summary in (experiment, session_start, session_end):
+        writer.file_writer.add_summary(summary)
+
+
+def train(cfg: DictConfig) -> float | None:
+    quiet_libraries()
+    import pytorch_lightning as pl
+    import torch
+    from hydra.utils import instantiate
+
+    from echo_lstm.data import EchoDataModule
+    from echo_lstm.model import EchoLSTM
+
+    started = time.perf_counter()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    pl.seed_everything(cfg.seed, verbose=False)
+    run_dir = Path(cfg.run_dir)
+
+    datamodule = EchoDataModule(**OmegaConf.to_container(cfg.data, resolve=True))
+    model = EchoLSTM(
+        **OmegaConf.to_container(cfg.model, resolve=True),
+        echo_step=cfg.data.echo_step,
+        truncated_backprop_length=cfg.data.truncated_backprop_length,
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+    )
+    logger = instantiate(cfg.logger)
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
+    if not cfg.trainer.enable_progress_bar:  # Lightning refuses a bar callback when bars are off
+        from pytorch_lightning.callbacks import ProgressBar
+
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    device = OmegaConf.to_container(cfg.device, resolve=True)
+    backend = device.pop("process_group_backend")
+    if backend is not None or str(device["strategy"]).startswith("ddp"):
+        from pytorch_lightning.strategies import DDPStrategy
+
+        strategy = device.pop("strategy")
+        start_method = "popen" if strategy == "ddp" else strategy.removeprefix("ddp_") or "popen"
+        device["strategy"] = DDPStrategy(process_group_backend=backend, start_method=start_method)
+    trainer = pl.Trainer(
+        **device,
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        logger=logger,
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+        use_distributed_sampler=False,  # streams are sharded by the data module, never by a sampler
+    )
+    if trainer.is_global_zero:
+        log_hparams(logger, cfg, ["val/acc", "val/boundary_acc"])
+    trainer.fit(model, datamodule=datamodule)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if trainer.is_global_zero:
+        print_summary(trainer, cfg, metrics, time.perf_counter() - started, run_dir)
+    if cfg.optimized_metric not in metrics:
+        raise ConfigError("optimized_metric", cfg.optimized_metric,
+                          f"was not logged; logged metrics are {', '.join(sorted(metrics))}")
+    return metrics[cfg.optimized_metric]
+
+
+def print_summary(trainer: Any, cfg: DictConfig, metrics: dict[str, float], seconds: float, run_dir: Path) -> None:
+    reached = min(metrics.get("val/acc", 0.0), metrics.get("val/boundary_acc", 0.0)) >= cfg.target_acc
+    ckpt = trainer.checkpoint_callback
+    best = getattr(ckpt, "best_model_path", "") if ckpt else ""
+    shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("val/loss", "val/acc", "val/boundary_acc") if k in metrics)
+    epoch = max(trainer.current_epoch, 1)  # Lightning counts a stopped epoch as done
+    lines = [
+        "",
+        f"echo-lstm: {'learned the echo' if reached else 'did not reach'} (target_acc {cfg.target_acc}) "
+        f"at step {trainer.global_step}, in epoch {epoch} of {trainer.max_epochs}, after {seconds:.1f} s",
+        f"  final: {shown}",
+        f"  run dir: {os.path.relpath(run_dir)}",
+    ]
+    if best:
+        lines.append(f"  best checkpoint: {os.path.relpath(best)}")
+    lines.append(f"  view: tensorboard --logdir {os.path.relpath(run_dir)}")
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,40 @@
+"""Train the echo LSTM: `python train.py [overrides]`, e.g. `python train.py layers=5`.
+
+Only Hydra and the config schema are imported up front: `--help`, `--cfg` and config errors answer fast.
+"""
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from echo_lstm.config import ConfigError, register_configs, validate
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        for warning in validate(cfg):
+            print(f"warning: {warning}", file=sys.stderr)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        remove_unused_run_dir(Path(cfg.run_dir))
+        sys.exit(2)
+    from echo_lstm.training import train
+
+    return train(cfg)
+
+
+def remove_unused_run_dir(run_dir: Path) -> None:
+    """Leave nothing behind that could pass for a run: Hydra made the dir before we could refuse."""
+    import shutil
+
+    if run_dir.is_dir() and not (run_dir / "checkpoints").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
