@@ -1,0 +1,73 @@
+"""Shared test helpers: compose configs like the app does, run train.py as a user would, read TensorBoard."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A short run on a tiny series: enough to exercise every path, far too short to learn.
+TINY = [
+    "data.total_series_length=600",
+    "data.batch_size=2",
+    "data.truncated_backprop_length=5",
+    "data.chunks_per_batch=4",
+    "data.val_series_length=100",
+    "trainer.max_epochs=2",
+    "trainer.val_check_interval=4",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def compose(*overrides: str, run_dir: str | Path = "/tmp/echo-lstm-test"):
+    """The app's config, composed with Hydra's compose API (no run, no output dir)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from echo_lstm.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return hydra_compose("train", overrides=[*overrides, f"run_dir={run_dir}"])
+
+
+def run_train(*overrides: str, run_dir: Path | None = None, cwd: Path = REPO, timeout: float = 600,
+              env: dict | None = None, multirun: bool = False) -> subprocess.CompletedProcess:
+    """`python train.py OVERRIDES` in a subprocess, exactly as a user runs it."""
+    args = [sys.executable, str(REPO / "train.py")]
+    if multirun:
+        args.append("-m")
+    args += list(overrides)
+    if run_dir is not None:
+        args.append(f"hydra.run.dir={run_dir}")
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series in the TensorBoard event files directly under log_dir: tag -> [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def event_files(root: Path) -> list[Path]:
+    return sorted(root.rglob("events.out.tfevents.*"))
+
+
+@pytest.fixture
+def ok():
+    """Assert a subprocess run succeeded, showing its output if not."""
+
+    def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+        assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
+        return proc
+
+    return check
