@@ -20,12 +20,21 @@ def main(cfg: DictConfig) -> float | None:
         for warning in validate(cfg):
             print(f"warning: {warning}", file=sys.stderr)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
         remove_unused_run_dir(Path(cfg.run_dir))
+        if is_multirun():
+            raise  # the launcher records this job as failed; the other jobs of the sweep go on
+        print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     from echo_lstm.training import train
 
     return train(cfg)
+
+
+def is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def remove_unused_run_dir(run_dir: Path) -> None:
