@@ -11,6 +11,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+def pytest_configure(config):
+    # As the app does (`threads: 1`): this tiny model only loses from intra-op threads, and 2 cores shared
+    # with subprocess runs make torch's spinning thread pool 100x slower.
+    import torch
+
+    torch.set_num_threads(1)
+
 # A short run on a tiny series: enough to exercise every path, far too short to learn.
 TINY = [
     "data.total_series_length=600",

@@ -92,7 +92,7 @@ class TrainConfig:
     layers: int = 3
     seed: int = 1234
     target_acc: float = 0.999  # stop once val/acc and val/boundary_acc reach this
-    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    threads: int = 1  # torch intra-op threads per process; 0 = torch default
     optimized_metric: str = "val/boundary_acc"  # what train.py returns, for Hydra sweepers
     run_dir: str = MISSING  # where everything of a run is written (Hydra's output dir)
     data: DataConfig = field(default_factory=DataConfig)
