@@ -10,6 +10,7 @@ fast, so no torch / Lightning imports here.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +89,22 @@ class CheckpointConfig:
 
 
 @dataclass
+class FigureConfig:
+    """The tutorial's figure (loss so far; input, target, prediction bars per stream) in TensorBoard."""
+
+    every_n_steps: int = 100  # draw every N chunks (optimizer steps); 0 = never
+    streams: int = 5  # draw at most this many streams
+    width: int = 900  # pixels
+    height: int = 500  # pixels
+    background: bool = True  # draw in a background thread, off the training loop
+
+
+@dataclass
+class StepsToEchoConfig:
+    window: int = 32  # chunks in the moving window of train/boundary_acc (rounded up to whole batches)
+
+
+@dataclass
 class TrainConfig:
     layers: int = 3
     seed: int = 1234
@@ -101,6 +118,8 @@ class TrainConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    figure: FigureConfig = field(default_factory=FigureConfig)
+    steps_to_echo: StepsToEchoConfig = field(default_factory=StepsToEchoConfig)
     logger: Any = None  # `_target_` nodes, instantiated by Hydra
     callbacks: Any = None
 
@@ -109,6 +128,27 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    require_optional_plugins(sys.argv[1:])
+
+
+# Optional Hydra plugins: (override prefixes that select it, its module, how to install it).
+OPTIONAL_PLUGINS = [
+    (("hparams_search=optuna", "hydra/sweeper=optuna"), "hydra_plugins.hydra_optuna_sweeper",
+     'pip install -e ".[optuna]"  (the Optuna sweeper, hydra-optuna-sweeper)'),
+]
+
+
+def require_optional_plugins(argv: list[str]) -> None:
+    """Exit with one clear line when an override selects an optional plugin that is not installed
+    (Hydra's own message would only list the installed options)."""
+    import importlib.util
+
+    for prefixes, module, install in OPTIONAL_PLUGINS:
+        selected = [a for a in argv if a.lstrip("+~").startswith(prefixes)]
+        if selected and importlib.util.find_spec(module) is None:
+            print(f"error: {selected[0]} needs an optional plugin that is not installed: {install}",
+                  file=sys.stderr)
+            sys.exit(2)
 
 
 CELLS = ("lstm", "gru", "rnn")
@@ -167,6 +207,13 @@ def validate(cfg: Any) -> list[str]:
     _require(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", t.log_every_n_steps, "must be >= 1")
     _require(cfg.checkpoint.every_n_steps >= 0, "checkpoint.every_n_steps", cfg.checkpoint.every_n_steps,
              "must be >= 0 (0 = only at validation and at the end)")
+    f = cfg.figure
+    _require(f.every_n_steps >= 0, "figure.every_n_steps", f.every_n_steps, "must be >= 0 (0 = no figure)")
+    _require(f.streams >= 1, "figure.streams", f.streams, "must be an integer >= 1")
+    _require(f.width >= 100, "figure.width", f.width, "must be >= 100 (pixels)")
+    _require(f.height >= 100, "figure.height", f.height, "must be >= 100 (pixels)")
+    _require(cfg.steps_to_echo.window >= 1, "steps_to_echo.window", cfg.steps_to_echo.window,
+             "must be an integer >= 1 (chunks)")
     _require(dev.accelerator in ACCELERATORS, "device.accelerator", dev.accelerator,
              f"must be one of {', '.join(ACCELERATORS)}")
     devices = dev.devices

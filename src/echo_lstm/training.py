@@ -73,10 +73,12 @@ def train(cfg: DictConfig) -> float | None:
 
     from echo_lstm.data import EchoDataModule
     from echo_lstm.model import EchoLSTM
+    from echo_lstm.research import job_threads
 
     started = time.perf_counter()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    threads = job_threads(cfg.threads)  # capped per job in a parallel (joblib) sweep
+    if threads > 0:
+        torch.set_num_threads(threads)
     pl.seed_everything(cfg.seed, verbose=False)
     run_dir = Path(cfg.run_dir)
 
@@ -110,7 +112,7 @@ def train(cfg: DictConfig) -> float | None:
         use_distributed_sampler=False,  # streams are sharded by the data module, never by a sampler
     )
     if trainer.is_global_zero:
-        log_hparams(logger, cfg, ["val/acc", "val/boundary_acc"])
+        log_hparams(logger, cfg, ["val/acc", "val/boundary_acc", "train/steps_to_echo"])
     trainer.fit(model, datamodule=datamodule)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
