@@ -32,7 +32,7 @@ TINY = [
 ]
 
 
-def compose(*overrides: str, run_dir: str | Path = "/tmp/echo-lstm-test"):
+def compose(*overrides: str, run_dir: str | Path = "/tmp/echo-lstm-test", return_hydra_config: bool = False):
     """The app's config, composed with Hydra's compose API (no run, no output dir)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -41,7 +41,8 @@ def compose(*overrides: str, run_dir: str | Path = "/tmp/echo-lstm-test"):
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return hydra_compose("train", overrides=[*overrides, f"run_dir={run_dir}"])
+        return hydra_compose("train", overrides=[*overrides, f"run_dir={run_dir}"],
+                             return_hydra_config=return_hydra_config)
 
 
 def run_train(*overrides: str, run_dir: Path | None = None, cwd: Path = REPO, timeout: float = 600,

@@ -34,18 +34,31 @@ BAD = [
     ("seed=x", "seed"),
     ("threads=-1", "threads"),
     ("checkpoint.every_n_steps=-5", "checkpoint.every_n_steps"),
+    ("device=tpu9", "device"),
+    *([] if __import__("torch").cuda.is_available() else [("device=gpu", "device.accelerator")]),
+    ("device.devices=0", "device.devices"),
+    ("device.num_nodes=0", "device.num_nodes"),
+    ("device.precision=8-bit", "device.precision"),
+    ("device=ddp_cpu data.batch_size=5", "data.batch_size"),  # 5 streams cannot split over 2 processes
 ]
 
 
 @pytest.mark.parametrize("override,key", BAD, ids=[b[0] for b in BAD])
 def test_bad_override_fails_cleanly(override, key, tmp_path):
     run_dir = tmp_path / "run"
-    proc = run_train(override, run_dir=run_dir, timeout=60)
+    proc = run_train(*override.split(), run_dir=run_dir, timeout=60)
     message = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert key in message, message
     assert "Traceback" not in message, message
     assert not run_dir.exists(), "a refused run must not leave a run directory behind"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where there is no GPU")
+def test_gpu_request_without_gpu_is_refused_before_training(tmp_path):
+    proc = run_train("device=gpu", run_dir=tmp_path / "run", timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: device.accelerator='gpu' is invalid: no CUDA GPU")
 
 
 def test_validate_names_key_value_and_range():

@@ -133,7 +133,11 @@ class EchoLSTM(pl.LightningModule):
         state = state.to(x.device)
         opt = self.optimizers()
         losses, preds = [], []
+        max_steps = self.trainer.max_steps if self._trainer is not None else -1
         for k in range(n_chunks):
+            if 0 < max_steps <= self.global_step:  # trainer.max_steps counts chunks, not whole blocks
+                x, y = x[:k], y[:k]
+                break
             logits, state = self(x[k], state)
             loss = F.cross_entropy(logits.reshape(-1, 2), y[k].reshape(-1))
             opt.zero_grad(set_to_none=True)
@@ -164,6 +168,7 @@ class EchoLSTM(pl.LightningModule):
         else:
             metrics[f"{stage}/min_acc"] = torch.minimum(metrics[f"{stage}/acc"], metrics[f"{stage}/boundary_acc"])
             self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True)
+            self.log("step", float(self.global_step), on_step=False, on_epoch=True, sync_dist=True)  # same x axis as train/*
 
     # ---------------------------------------------------------------- validation
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -183,8 +188,9 @@ class EchoLSTM(pl.LightningModule):
         # Every stream's carried state, in global stream order (gathered from all processes under DDP).
         state = self.train_state
         if state is not None and self.trainer.world_size > 1:
-            gathered = self.all_gather(state)  # [world, layers, S, local streams, H]
-            state = torch.cat(list(gathered), dim=2)
+            gathered = [torch.empty_like(state) for _ in range(self.trainer.world_size)]
+            torch.distributed.all_gather(gathered, state.contiguous())  # rank r owns the r-th slice
+            state = torch.cat(gathered, dim=2)
         checkpoint["echo_train_state"] = None if state is None else state.detach().cpu()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -72,6 +72,7 @@ def train(cfg: DictConfig) -> float | None:
     from hydra.utils import instantiate
 
     from echo_lstm.data import EchoDataModule
+    from echo_lstm.distributed import job_scope, trainer_device_args
     from echo_lstm.model import EchoLSTM
     from echo_lstm.research import job_threads
 
@@ -95,14 +96,7 @@ def train(cfg: DictConfig) -> float | None:
         from pytorch_lightning.callbacks import ProgressBar
 
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    device = OmegaConf.to_container(cfg.device, resolve=True)
-    backend = device.pop("process_group_backend")
-    if backend is not None or str(device["strategy"]).startswith("ddp"):
-        from pytorch_lightning.strategies import DDPStrategy
-
-        strategy = device.pop("strategy")
-        start_method = "popen" if strategy == "ddp" else strategy.removeprefix("ddp_") or "popen"
-        device["strategy"] = DDPStrategy(process_group_backend=backend, start_method=start_method)
+    device = trainer_device_args(OmegaConf.to_container(cfg.device, resolve=True))
     trainer = pl.Trainer(
         **device,
         **OmegaConf.to_container(cfg.trainer, resolve=True),
@@ -113,7 +107,8 @@ def train(cfg: DictConfig) -> float | None:
     )
     if trainer.is_global_zero:
         log_hparams(logger, cfg, ["val/acc", "val/boundary_acc", "train/steps_to_echo"])
-    trainer.fit(model, datamodule=datamodule)
+    with job_scope():
+        trainer.fit(model, datamodule=datamodule)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if trainer.is_global_zero:
