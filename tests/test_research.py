@@ -98,6 +98,7 @@ def test_steps_to_echo_window_and_checkpoint_state():
     assert again.reached_at == 128 and not again.update(160, 1.0)  # reached once, kept
 
 
+@pytest.mark.filterwarnings("ignore:Checkpoint directory")
 def test_steps_to_echo_survives_a_resumed_fit(tmp_path):
     """Through Lightning's checkpoint: the resumed run keeps the step reached in the first session."""
     import pytorch_lightning as pl
@@ -219,11 +220,15 @@ def test_failed_job_shows_in_the_summary(tmp_path):
 
 
 @pytest.mark.slow
-def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path, ok):
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     sweep = tmp_path / "sweep"
-    ok(run_train("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "threads=0", "layers=1,2", *TINY,
-                 SHORT_NAMES, f"hydra.sweep.dir={sweep}", multirun=True))
-    assert {r["status"] for r in read_summary(sweep)} == {"completed"} and len(read_summary(sweep)) == 2
+    # Two jobs that train, in two worker processes, and one that fails (its error must travel back).
+    proc = run_train("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "threads=0", "layers=1,2,0", *TINY,
+                     SHORT_NAMES, f"hydra.sweep.dir={sweep}", multirun=True)
+    assert proc.returncode == 1 and "layers=0 is invalid" in proc.stderr, proc.stderr[-3000:]
+    rows = {r["layers"]: r for r in read_summary(sweep)}
+    assert [rows[k]["status"] for k in ("1", "2", "0")] == ["completed", "completed", "failed"]
+    assert rows["0"]["reason"].startswith("ConfigError: layers=0 is invalid")
     cores = len(os.sched_getaffinity(0))
     for job in ("0_layers=1,threads=0", "1_layers=2,threads=0"):
         log = (sweep / job / "train.log").read_text()

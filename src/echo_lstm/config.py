@@ -24,6 +24,10 @@ class ConfigError(ValueError):
         self.key, self.value, self.allowed = key, value, allowed
         super().__init__(f"{key}={value!r} is invalid: {allowed}")
 
+    def __reduce__(self) -> tuple:
+        # Picklable with its own arguments: a joblib worker sends a failed job's error back to the sweep.
+        return (ConfigError, (self.key, self.value, self.allowed))
+
 
 @dataclass
 class DataConfig:
