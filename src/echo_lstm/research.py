@@ -101,8 +101,16 @@ class StepsToEcho(Callback):
         if self.update(trainer.global_step, float(value)):
             self._write(trainer)
 
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Right after EarlyStopping decided (it comes earlier in the callback list), and before the
+        # checkpoint of this validation is written (Lightning runs checkpoint callbacks last): so the
+        # checkpoint holds the step.
+        if self.reached_at is None and not trainer.sanity_checking and stopped_on_threshold(trainer):
+            self.reached_at, self.via = trainer.global_step, "early stopping"
+            self._write(trainer)
+
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.reached_at is None and stopped_on_threshold(trainer):
+        if self.reached_at is None and stopped_on_threshold(trainer):  # EarlyStopping came after us
             self.reached_at, self.via = trainer.global_step, "early stopping"
             self._write(trainer)
         # The value at the end of fit, whichever epoch (or session, before a resume) reached it.
