@@ -1,6 +1,8 @@
 """Train the echo LSTM: `python train.py [overrides]`, e.g. `python train.py layers=5`.
 
 Only Hydra and the config schema are imported up front: `--help`, `--cfg` and config errors answer fast.
+Every failure a user can cause ends with one `error:` line and a non-zero exit code:
+2 bad config or checkpoint, 3 training diverged (NaN), 4 could not write, 130/143 stopped by Ctrl-C/SIGTERM.
 """
 
 import os
@@ -20,17 +22,59 @@ def main(cfg: DictConfig) -> float | None:
     try:
         for warning in validate(cfg):
             print(f"warning: {warning}", file=sys.stderr)
+        if cfg.resume is not None:
+            cfg = resumed_config()
         from echo_lstm.distributed import use_job_relaunch
         from echo_lstm.training import train
 
         use_job_relaunch(Path(__file__).resolve())
         return train(cfg)
     except ConfigError as error:
-        remove_unused_run_dir(Path(cfg.run_dir))
+        if cfg.resume is None:
+            remove_unused_run_dir(Path(cfg.run_dir))
         if is_multirun():
             raise  # the launcher records this job as failed; the other jobs of the sweep go on
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(error), 2)
+    except Exception as error:
+        handled = describe_failure(error)
+        if handled is None or is_multirun():
+            raise
+        fail(*handled)
+
+
+def describe_failure(error: Exception) -> tuple[str, int] | None:
+    """The one-line message and exit code for failures that are not bugs, else None."""
+    from echo_lstm.checkpointing import CheckpointWriteError, is_disk_error
+    from echo_lstm.model import NonFiniteLossError
+    from echo_lstm.training import Interrupted
+
+    if isinstance(error, NonFiniteLossError):
+        return f"{error}: training diverged and was stopped; the last good checkpoint is kept", 3
+    if isinstance(error, CheckpointWriteError):
+        return str(error), 4
+    if is_disk_error(error):
+        return f"could not write {getattr(error, 'filename', '') or 'output'}: {os.strerror(error.errno)}", 4
+    if isinstance(error, Interrupted):
+        return str(error), error.exit_code
+    return None
+
+
+def resumed_config() -> DictConfig:
+    """The resumed run's config: its original overrides, updated by the (resumable) new ones."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    from echo_lstm.checkpointing import merged_overrides
+    from echo_lstm.preflight import original_overrides
+
+    hc = HydraConfig.get()
+    original = original_overrides(Path(hc.runtime.output_dir)) or []
+    return compose(config_name="train", overrides=merged_overrides(original, list(hc.overrides.task)))
+
+
+def fail(message: str, code: int) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 def is_multirun() -> bool:

@@ -17,11 +17,14 @@ class TrainProgressBar(TQDMProgressBar):
 
 
 class EchoCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint (best by a monitored metric, `last.ckpt`) plus a cadence in optimizer steps.
+    """ModelCheckpoint (best by a monitored metric, `last.ckpt` at every validation) plus `last.ckpt` at a
+    cadence in optimizer steps and at the very last training batch.
 
     A training batch holds several chunks, so `global_step` advances by `chunks_per_batch` per batch and
-    Lightning's `every_n_train_steps` test (`global_step % n == 0`) would rarely hold. Here `last.ckpt` is
-    written whenever the step count crosses a multiple of `every_n_steps`, and once more when training ends.
+    Lightning's `every_n_train_steps` test (`global_step % n == 0`) would rarely hold: here `last.ckpt` is
+    written whenever the step count crosses a multiple of `every_n_steps`. All saves happen at the end of a
+    training batch or of a validation, where Lightning's loop state is consistent, so every checkpoint
+    resumes exactly (a save in `on_train_end` would record the interrupted epoch as finished).
     """
 
     def __init__(self, every_n_steps: int = 0, **kwargs: Any):
@@ -30,10 +33,65 @@ class EchoCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kw: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kw)
-        n = self.every_n_steps
-        if n and trainer.global_step // n > self._last_global_step_saved // n:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        n, step = self.every_n_steps, trainer.global_step
+        crossed = n and step // n > self._last_global_step_saved // n
+        last_batch = (0 < trainer.max_steps <= step) or (
+            trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+            and trainer.current_epoch + 1 >= (trainer.max_epochs or 0) > 0
+        )
+        if (crossed or last_batch) and step > self._last_global_step_saved:
+            self.save_last_now(trainer)
+
+    def save_last_now(self, trainer: pl.Trainer) -> None:
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class GracefulStop(pl.Callback):
+    """Ctrl-C (SIGINT) or SIGTERM: finish the current block, save `last.ckpt`, stop, exit non-zero.
+
+    A second Ctrl-C exits at once. Under DDP the stop request is agreed by all processes after each
+    training batch (one tiny all-reduce per batch), so they all save the same step together.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _request(self, signum: int, frame: Any) -> None:
+        import os
+        import signal
+
+        if self.signal is not None and signum == signal.SIGINT:
+            os._exit(128 + signum)  # second Ctrl-C: no more waiting
+        self.signal = signum
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._request)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_step > self._last_global_step_saved and not trainer.sanity_checking:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        requested = self.signal
+        if trainer.world_size > 1:
+            import torch
+
+            flag = torch.tensor([requested or 0], device=pl_module.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            requested = int(flag.item()) or None
+        if requested is None:
+            return
+        self.signal = requested
+        checkpoint = trainer.checkpoint_callback
+        if isinstance(checkpoint, EchoCheckpoint):
+            checkpoint.save_last_now(trainer)
+        trainer.should_stop = True

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import MISSING, II
 
@@ -115,6 +115,8 @@ class TrainConfig:
     target_acc: float = 0.999  # stop once val/acc and val/boundary_acc reach this
     threads: int = 1  # torch intra-op threads per process; 0 = torch default
     optimized_metric: str = "val/boundary_acc"  # what train.py returns, for Hydra sweepers
+    resume: Optional[str] = None  # a run dir (or "latest") to continue exactly where it stopped
+    ckpt_path: Optional[str] = None  # start a new run from this checkpoint (Lightning-style resume)
     run_dir: str = MISSING  # where everything of a run is written (Hydra's output dir)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -130,8 +132,16 @@ class TrainConfig:
 
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from echo_lstm.checkpointing import resume_dir
 
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    if not OmegaConf.has_resolver("resume_dir"):
+        OmegaConf.register_new_resolver("resume_dir", resume_dir)
+        OmegaConf.register_new_resolver(
+            "resume_subdir", lambda resume, now: ".hydra" if resume is None else f".hydra/resumed-{now}"
+        )
     require_optional_plugins(sys.argv[1:])
 
 

@@ -33,6 +33,14 @@ from torch import nn
 RNN_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
+class NonFiniteLossError(RuntimeError):
+    """Training diverged: raised before anything of the bad state can be checkpointed."""
+
+    def __init__(self, step: int, what: str = "loss"):
+        self.step = step
+        super().__init__(f"the {what} became NaN or infinite at step {step}")
+
+
 def state_parts(cell: str) -> int:
     return 2 if cell == "lstm" else 1
 
@@ -133,11 +141,7 @@ class EchoLSTM(pl.LightningModule):
         state = state.to(x.device)
         opt = self.optimizers()
         losses, preds = [], []
-        max_steps = self.trainer.max_steps if self._trainer is not None else -1
         for k in range(n_chunks):
-            if 0 < max_steps <= self.global_step:  # trainer.max_steps counts chunks, not whole blocks
-                x, y = x[:k], y[:k]
-                break
             logits, state = self(x[k], state)
             loss = F.cross_entropy(logits.reshape(-1, 2), y[k].reshape(-1))
             opt.zero_grad(set_to_none=True)
@@ -146,9 +150,13 @@ class EchoLSTM(pl.LightningModule):
             state = state.detach()  # truncate: the next chunk's gradients stop here
             losses.append(loss.detach())
             preds.append(logits.detach().argmax(-1))
+        losses = torch.stack(losses)
+        if not torch.isfinite(losses).all():  # one check per block, not a host sync per chunk
+            first_bad = int((~torch.isfinite(losses)).nonzero()[0])
+            raise NonFiniteLossError(self.global_step - len(losses) + first_bad + 1)
         self.train_state = state
         preds = torch.stack(preds)
-        loss = torch.stack(losses).mean()
+        loss = losses.mean()
         self._log_block("train", loss, preds, y, batch["chunk0"])
         # For callbacks (figures): the block's last chunk, as the tutorial draws it. No copies, no syncs.
         return {"loss": loss, "x": x[-1], "y": y[-1], "pred": preds[-1]}
@@ -185,13 +193,29 @@ class EchoLSTM(pl.LightningModule):
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Every stream's carried state, in global stream order (gathered from all processes under DDP).
-        state = self.train_state
-        if state is not None and self.trainer.world_size > 1:
-            gathered = [torch.empty_like(state) for _ in range(self.trainer.world_size)]
-            torch.distributed.all_gather(gathered, state.contiguous())  # rank r owns the r-th slice
-            state = torch.cat(gathered, dim=2)
+        if not all(torch.isfinite(p).all() for p in self.parameters()):  # never overwrite a good checkpoint
+            raise NonFiniteLossError(self.global_step, "weights")
+        # Every stream's carried state, in global stream order, and every process's RNG (dropout masks).
+        world = self.trainer.world_size
+        state, rng = self.train_state, self._rng_state()
+        if world > 1:
+            rngs: list[Any] = [None] * world
+            torch.distributed.all_gather_object(rngs, rng)
+            rng = rngs
+            if state is not None:
+                gathered = [torch.empty_like(state) for _ in range(world)]
+                torch.distributed.all_gather(gathered, state.contiguous())  # rank r owns the r-th slice
+                state = torch.cat(gathered, dim=2)
+        else:
+            rng = [rng]
         checkpoint["echo_train_state"] = None if state is None else state.detach().cpu()
+        checkpoint["echo_rng_states"] = rng
+
+    def _rng_state(self) -> dict[str, Any]:
+        rng = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return rng
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("echo_train_state")
@@ -200,3 +224,9 @@ class EchoLSTM(pl.LightningModule):
             rank = self.trainer.global_rank
             state = state[:, :, rank * per_rank : (rank + 1) * per_rank]
         self.train_state = state
+        rngs = checkpoint.get("echo_rng_states")
+        if rngs and self._trainer is not None:  # resuming a training run (not a plain load)
+            rng = rngs[self.trainer.global_rank] if len(rngs) == self.trainer.world_size else rngs[0]
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"], self.device)

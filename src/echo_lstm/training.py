@@ -29,6 +29,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # resuming into its own dir
     warnings.filterwarnings("ignore", message=".*`isinstance\\(treespec, LeafSpec\\)`.*")
 
 
@@ -65,12 +66,41 @@ def log_hparams(logger: Any, cfg: DictConfig, metrics: list[str]) -> None:
         writer.file_writer.add_summary(summary)
 
 
+class Interrupted(RuntimeError):
+    """Training was stopped by a signal after saving a checkpoint; the run can be resumed."""
+
+    def __init__(self, signum: int, step: int, run_dir: Path):
+        import signal
+
+        self.exit_code = 128 + signum
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} at step {step}; checkpoint saved. Continue with: "
+                         f"python train.py resume={os.path.relpath(run_dir)}")
+
+
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, int]:
+    """The checkpoint to start from (resume=<run dir> or ckpt_path=<file>), checked, and its step."""
+    from echo_lstm.checkpointing import LAST, check_compatible, read_checkpoint
+
+    if cfg.resume is not None:
+        key, path = "resume", run_dir / LAST
+    elif cfg.ckpt_path is not None:
+        key, path = "ckpt_path", Path(cfg.ckpt_path)
+    else:
+        return None, 0
+    ckpt = read_checkpoint(path, key)
+    check_compatible(ckpt, cfg, key, path)
+    return path, int(ckpt.get("global_step", 0))
+
+
 def train(cfg: DictConfig) -> float | None:
     quiet_libraries()
     import pytorch_lightning as pl
     import torch
     from hydra.utils import instantiate
 
+    from echo_lstm.callbacks import GracefulStop
+    from echo_lstm.checkpointing import checkpoint_io
     from echo_lstm.data import EchoDataModule
     from echo_lstm.distributed import job_scope, trainer_device_args
     from echo_lstm.model import EchoLSTM
@@ -82,6 +112,7 @@ def train(cfg: DictConfig) -> float | None:
         torch.set_num_threads(threads)
     pl.seed_everything(cfg.seed, verbose=False)
     run_dir = Path(cfg.run_dir)
+    start_from, start_step = resume_checkpoint(cfg, run_dir)
 
     datamodule = EchoDataModule(**OmegaConf.to_container(cfg.data, resolve=True))
     model = EchoLSTM(
@@ -90,7 +121,9 @@ def train(cfg: DictConfig) -> float | None:
         truncated_backprop_length=cfg.data.truncated_backprop_length,
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
     )
-    logger = instantiate(cfg.logger)
+    # Resuming appends to the same TensorBoard run; purge_step tells TensorBoard to drop what the
+    # interrupted run logged after its last checkpoint, so no step appears twice.
+    logger = instantiate(cfg.logger, **({"purge_step": start_step + 1} if cfg.resume is not None else {}))
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     if not cfg.trainer.enable_progress_bar:  # Lightning refuses a bar callback when bars are off
         from pytorch_lightning.callbacks import ProgressBar
@@ -104,11 +137,15 @@ def train(cfg: DictConfig) -> float | None:
         callbacks=callbacks,
         default_root_dir=str(run_dir),
         use_distributed_sampler=False,  # streams are sharded by the data module, never by a sampler
+        plugins=[checkpoint_io()],  # atomic checkpoint writes
     )
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and cfg.resume is None:  # a resumed run has them already
         log_hparams(logger, cfg, ["val/acc", "val/boundary_acc", "train/steps_to_echo"])
     with job_scope():
-        trainer.fit(model, datamodule=datamodule)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=start_from and str(start_from), weights_only=True)
+    stop = next((c for c in callbacks if isinstance(c, GracefulStop)), None)
+    if stop is not None and stop.signal is not None:
+        raise Interrupted(stop.signal, trainer.global_step, run_dir)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if trainer.is_global_zero:
