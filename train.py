@@ -73,7 +73,8 @@ def resumed_config() -> DictConfig:
 
 
 def fail(message: str, code: int) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    if os.environ.get("LOCAL_RANK", "0") == "0":  # DDP ranks > 0 fail alike; rank 0 speaks for them
+        print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
 
 

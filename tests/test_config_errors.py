@@ -2,8 +2,8 @@
 and no run directory left behind that could pass for a run."""
 
 import pytest
-
 from conftest import compose, run_train
+
 from echo_lstm.config import ConfigError, validate
 
 BAD = [
@@ -70,3 +70,101 @@ def test_validate_names_key_value_and_range():
 
 def test_defaults_are_valid():
     assert validate(compose()) == []
+
+
+def _foreign_checkpoint(tmp_path):
+    import torch
+
+    path = tmp_path / "foreign.ckpt"
+    torch.save({"weights": torch.ones(2)}, path)
+    return path
+
+
+def _corrupt_checkpoint(tmp_path):
+    path = tmp_path / "corrupt.ckpt"
+    path.write_bytes(b"PK\x03\x04 this is not a checkpoint" * 10)
+    return path
+
+
+def _pickle_with_code(tmp_path):
+    import pickle
+
+    path = tmp_path / "evil.ckpt"
+    path.write_bytes(pickle.dumps({"state_dict": print}))  # would call code with weights_only=False
+    return path
+
+
+def _run_without_checkpoint(tmp_path):
+    run = tmp_path / "empty_run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("[]\n")
+    return run
+
+
+def _a_file(tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("x")
+    return path
+
+
+# (name, overrides built from tmp_path, what the message must name)
+PREPARED = [
+    ("resume-missing-dir", lambda t: [f"resume={t / 'no_such_run'}"], "resume="),
+    ("resume-no-checkpoint", lambda t: [f"resume={_run_without_checkpoint(t)}"], "holds no checkpoint"),
+    ("resume-latest-none", lambda t: ["resume=latest"], "resume='latest'"),
+    ("ckpt-missing", lambda t: [f"ckpt_path={t / 'none.ckpt'}"], "ckpt_path="),
+    ("ckpt-corrupt", lambda t: [f"ckpt_path={_corrupt_checkpoint(t)}"], "is not a readable checkpoint"),
+    ("ckpt-foreign", lambda t: [f"ckpt_path={_foreign_checkpoint(t)}"], "is not an echo-lstm checkpoint"),
+    ("ckpt-pickled-code", lambda t: [f"ckpt_path={_pickle_with_code(t)}"], "is not a readable checkpoint"),
+    ("unwritable-run-dir", lambda t: [f"hydra.run.dir={_a_file(t)}/run"], "hydra.run.dir"),
+    ("unwritable-sweep-dir", lambda t: ["-m", f"hydra.sweep.dir={_a_file(t)}/sweep"], "hydra.sweep.dir"),
+]
+
+
+@pytest.mark.parametrize("name,make,expected", PREPARED, ids=[p[0] for p in PREPARED])
+def test_bad_resume_checkpoint_or_output_fails_cleanly(name, make, expected, tmp_path):
+    overrides = make(tmp_path)
+    multirun = overrides[0] == "-m"
+    run_dir = None if multirun or any(o.startswith(("hydra.run.dir", "resume")) for o in overrides) else tmp_path / "run"
+    proc = run_train(*overrides[multirun:], run_dir=run_dir, cwd=tmp_path, timeout=120, multirun=multirun)
+    message = proc.stdout + proc.stderr
+    assert proc.returncode == 2, message
+    assert expected in message, message
+    assert "Traceback" not in message, message
+    assert len(message.strip().splitlines()) <= 2, message
+    if run_dir is not None:
+        assert not run_dir.exists()
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_incompatible_checkpoint_is_refused(tmp_path):
+    run = tmp_path / "small"
+    assert run_train("layers=2", "data.total_series_length=2000", "trainer.max_epochs=1",
+                     "trainer.enable_progress_bar=false", run_dir=run).returncode == 0
+    proc = run_train(f"ckpt_path={run}/checkpoints/last.ckpt", run_dir=tmp_path / "new")
+    assert proc.returncode == 2
+    assert "was trained with layers=2, the config asks for 3" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "new").exists()
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 4 KiB tmpfs: room for a directory, not for a checkpoint (needs root to mount)."""
+    import subprocess
+
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+@pytest.mark.slow
+def test_full_disk_when_saving_fails_cleanly(tmp_path, full_disk):
+    proc = run_train("data.total_series_length=2000", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+                     f"callbacks.model_checkpoint.dirpath={full_disk}/checkpoints", run_dir=tmp_path / "run")
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert "No space left on device" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(full_disk.rglob("*.tmp-*"))  # no half-written file left behind

@@ -46,6 +46,14 @@ class EchoCheckpoint(ModelCheckpoint):
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
+class StopRequested(Exception):
+    """Raised after the checkpoint is saved, to leave `fit` at once (`should_stop` would validate first)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stop requested by signal {signum}")
+        self.signum = signum
+
+
 class GracefulStop(pl.Callback):
     """Ctrl-C (SIGINT) or SIGTERM: finish the current block, save `last.ckpt`, stop, exit non-zero.
 
@@ -55,6 +63,7 @@ class GracefulStop(pl.Callback):
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self._stop_at_next_batch: int | None = None
         self._previous: dict[int, Any] = {}
 
     def _request(self, signum: int, frame: Any) -> None:
@@ -80,6 +89,9 @@ class GracefulStop(pl.Callback):
             signal.signal(sig, handler)
         self._previous.clear()
 
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.on_train_end(trainer, pl_module)
+
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         requested = self.signal
         if trainer.world_size > 1:
@@ -90,8 +102,14 @@ class GracefulStop(pl.Callback):
             requested = int(flag.item()) or None
         if requested is None:
             return
-        self.signal = requested
         checkpoint = trainer.checkpoint_callback
         if isinstance(checkpoint, EchoCheckpoint):
             checkpoint.save_last_now(trainer)
-        trainer.should_stop = True
+        self._stop_at_next_batch = requested
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        # Leave before the next batch trains: by now Lightning has logged the saved step's metrics (and run
+        # a validation if one was due there, as an uninterrupted run would). `trainer.should_stop` instead
+        # would run an extra validation, which an uninterrupted run does not, so a resume would differ.
+        if self._stop_at_next_batch is not None:
+            raise StopRequested(self._stop_at_next_batch)

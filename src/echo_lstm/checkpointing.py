@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,10 +78,16 @@ def read_checkpoint(path: Path, key: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(key, str(path), "no such checkpoint file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt, truncated, foreign pickle: all refused the same way
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(key, str(path), f"is not a readable checkpoint ({first[:160]})") from None
+        text = str(error).strip()
+        if "Weights only load failed" in text:
+            reason = "it holds pickled objects beyond tensors and plain data; loading it could run code"
+        else:
+            reason = text.splitlines()[0][:120] if text else type(error).__name__
+        raise ConfigError(key, str(path), f"is not a readable checkpoint ({reason})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "echo_train_state" not in ckpt:
         raise ConfigError(key, str(path), "is not an echo-lstm checkpoint (no model state or carried state)")
     return ckpt

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
-from omegaconf import MISSING, II
+from omegaconf import II, MISSING
 
 
 class ConfigError(ValueError):
@@ -115,8 +115,8 @@ class TrainConfig:
     target_acc: float = 0.999  # stop once val/acc and val/boundary_acc reach this
     threads: int = 1  # torch intra-op threads per process; 0 = torch default
     optimized_metric: str = "val/boundary_acc"  # what train.py returns, for Hydra sweepers
-    resume: Optional[str] = None  # a run dir (or "latest") to continue exactly where it stopped
-    ckpt_path: Optional[str] = None  # start a new run from this checkpoint (Lightning-style resume)
+    resume: str | None = None  # a run dir (or "latest") to continue exactly where it stopped
+    ckpt_path: str | None = None  # start a new run from this checkpoint (Lightning-style resume)
     run_dir: str = MISSING  # where everything of a run is written (Hydra's output dir)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -246,6 +246,12 @@ def validate(cfg: Any) -> list[str]:
             "each process owns a fixed set of streams",
         )
     warnings = []
+    batches = -(-(d.total_series_length // d.batch_size // T) // d.chunks_per_batch)
+    if t.val_check_interval > batches:
+        warnings.append(
+            f"trainer.val_check_interval={t.val_check_interval} is more than the {batches} training batch(es) "
+            "of an epoch: validating once per epoch instead"
+        )
     if d.echo_step >= T:
         warnings.append(
             f"data.echo_step={d.echo_step} >= data.truncated_backprop_length={T}: every target lies in an "

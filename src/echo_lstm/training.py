@@ -99,7 +99,7 @@ def train(cfg: DictConfig) -> float | None:
     import torch
     from hydra.utils import instantiate
 
-    from echo_lstm.callbacks import GracefulStop
+    from echo_lstm.callbacks import StopRequested
     from echo_lstm.checkpointing import checkpoint_io
     from echo_lstm.data import EchoDataModule
     from echo_lstm.distributed import job_scope, trainer_device_args
@@ -130,9 +130,12 @@ def train(cfg: DictConfig) -> float | None:
 
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     device = trainer_device_args(OmegaConf.to_container(cfg.device, resolve=True))
+    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    # A series shorter than val_check_interval batches: validate once per epoch (validate() warned).
+    trainer_args["val_check_interval"] = min(trainer_args["val_check_interval"], len(datamodule.train_dataloader()))
     trainer = pl.Trainer(
         **device,
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **trainer_args,
         logger=logger,
         callbacks=callbacks,
         default_root_dir=str(run_dir),
@@ -141,11 +144,11 @@ def train(cfg: DictConfig) -> float | None:
     )
     if trainer.is_global_zero and cfg.resume is None:  # a resumed run has them already
         log_hparams(logger, cfg, ["val/acc", "val/boundary_acc", "train/steps_to_echo"])
-    with job_scope():
-        trainer.fit(model, datamodule=datamodule, ckpt_path=start_from and str(start_from), weights_only=True)
-    stop = next((c for c in callbacks if isinstance(c, GracefulStop)), None)
-    if stop is not None and stop.signal is not None:
-        raise Interrupted(stop.signal, trainer.global_step, run_dir)
+    try:
+        with job_scope():
+            trainer.fit(model, datamodule=datamodule, ckpt_path=start_from and str(start_from), weights_only=True)
+    except StopRequested as stop:
+        raise Interrupted(stop.signum, trainer.global_step, run_dir) from None
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if trainer.is_global_zero:

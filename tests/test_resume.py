@@ -1,0 +1,218 @@
+"""Nothing lost: killed, interrupted or diverged runs keep a loadable checkpoint and resume exactly."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_train, scalars
+
+pytestmark = pytest.mark.slow
+
+# Long enough to be killed mid-run (3 epochs of 266 chunks, ~3 s of training), with dropout so that the
+# RNG state matters too, and early stopping off so every run ends at the same step.
+LONG = [
+    "data.total_series_length=20000",
+    "trainer.max_epochs=3",
+    "model.dropout=0.1",
+    "checkpoint.every_n_steps=40",
+    "callbacks.early_stopping=null",
+    "trainer.enable_progress_bar=false",
+]
+LONG_DDP = [*LONG, "device=ddp_cpu", "device.devices=2", "data.batch_size=4"]
+
+
+def start(*overrides: str, run_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group: DDP ranks included
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, timeout: float = 120) -> None:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + timeout
+    while not last.exists():
+        assert proc.poll() is None, f"run ended before its first checkpoint: {proc.communicate()}"
+        assert time.time() < deadline, "no checkpoint in time"
+        time.sleep(0.02)
+
+
+def final(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def max_difference(a: dict, b: dict) -> float:
+    diffs = [(a["state_dict"][k] - b["state_dict"][k]).abs().max().item() for k in a["state_dict"]]
+    diffs.append((a["echo_train_state"] - b["echo_train_state"]).abs().max().item())
+    for key, state in a["optimizer_states"][0]["state"].items():
+        other = b["optimizer_states"][0]["state"][key]
+        diffs += [(state[n] - other[n]).abs().max().item() for n in state if torch.is_tensor(state[n])]
+    return max(diffs)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Uninterrupted runs to compare against, one per config."""
+    runs = {}
+
+    def get(name: str, overrides: list[str]) -> Path:
+        if name not in runs:
+            run_dir = tmp_path_factory.mktemp("reference") / name
+            proc = run_train(*overrides, run_dir=run_dir)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            runs[name] = run_dir
+        return runs[name]
+
+    return get
+
+
+def assert_same_tensorboard_steps(resumed: Path, uninterrupted: Path) -> None:
+    # TensorBoard applies the resumed writer's purge_step: the killed run's steps after its checkpoint
+    # are dropped, so each step appears once, and the curves equal the uninterrupted run's.
+    got, want = scalars(resumed), scalars(uninterrupted)
+    for tag in ("train/loss", "val/boundary_acc"):
+        steps = [s for s, _ in got[tag]]
+        assert steps == sorted(set(steps)), f"{tag}: repeated or unordered steps"
+        assert steps == [s for s, _ in want[tag]], tag
+        assert [v for _, v in got[tag]] == pytest.approx([v for _, v in want[tag]], abs=1e-6), tag
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sigkill_anywhere_then_resume_is_exact(tmp_path, reference, seed):
+    run_dir = tmp_path / "run"
+    proc = start(*LONG, run_dir=run_dir)
+    wait_for_checkpoint(proc, run_dir)
+    time.sleep(random.Random(seed).uniform(0.0, 1.5))  # a seeded kill point after the first checkpoint
+    os.killpg(proc.pid, signal.SIGKILL)  # power loss: no handler runs
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = final(run_dir)["global_step"]
+
+    resumed = run_train("resume=" + str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    want = reference("long", LONG)
+    diff = max_difference(final(run_dir), final(want))
+    print(f"kill point {seed}: checkpoint at step {killed_at}, max |difference| after resume {diff}")
+    assert final(run_dir)["global_step"] == final(want)["global_step"] == 798
+    assert diff == 0.0  # bitwise on CPU
+    assert_same_tensorboard_steps(run_dir, want)
+
+
+def test_sigkill_under_ddp_then_resume_is_exact(tmp_path, reference):
+    run_dir = tmp_path / "run"
+    proc = start(*LONG_DDP, run_dir=run_dir)
+    wait_for_checkpoint(proc, run_dir)
+    time.sleep(random.Random(7).uniform(0.5, 2.0))
+    os.killpg(proc.pid, signal.SIGKILL)  # every rank at once
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = final(run_dir)["global_step"]
+    resumed = run_train("resume=" + str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    want = reference("long_ddp", LONG_DDP)
+    diff = max_difference(final(run_dir), final(want))
+    print(f"DDP kill: checkpoint at step {killed_at}, max |difference| after resume {diff}")
+    assert diff == 0.0
+    assert_same_tensorboard_steps(run_dir, want)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_saves_prints_how_to_resume_and_resume_is_exact(tmp_path, reference, signum):
+    run_dir = tmp_path / "run"
+    proc = start(*LONG, run_dir=run_dir)
+    wait_for_checkpoint(proc, run_dir)
+    time.sleep(0.3)
+    os.kill(proc.pid, signum)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum
+    assert "Traceback" not in err
+    assert f"stopped by {signal.Signals(signum).name} at step" in err and "python train.py resume=" in err
+    stopped_at = int(err.split(" at step ")[1].split(";")[0])
+    assert final(run_dir)["global_step"] == stopped_at  # saved at the step it stopped, not an older one
+
+    resumed = run_train("resume=" + str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    want = reference("long", LONG)
+    assert max_difference(final(run_dir), final(want)) == 0.0
+    assert_same_tensorboard_steps(run_dir, want)
+
+
+def test_second_ctrl_c_exits_at_once(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start(*LONG, "trainer.max_epochs=50", run_dir=run_dir)
+    wait_for_checkpoint(proc, run_dir)
+    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGINT
+
+
+def test_interrupted_checkpoint_write_leaves_the_previous_one_loadable(tmp_path):
+    path = tmp_path / "last.ckpt"
+    torch.save({"step": 1, "w": torch.ones(3)}, path)
+    # Die (no cleanup at all) halfway through writing a big new checkpoint over it.
+    code = textwrap.dedent(f"""
+        import builtins, io, os, torch
+        from echo_lstm.checkpointing import atomic_torch_save
+        real_open = builtins.open
+        class Dying(io.FileIO):
+            def write(self, data):
+                super().write(bytes(data)[: len(data) // 2])
+                os._exit(9)
+        builtins.open = lambda p, mode="r", *a, **k: Dying(p, "wb") if "w" in mode else real_open(p, mode, *a, **k)
+        atomic_torch_save({{"step": 2, "w": torch.zeros(1_000_000)}}, {str(path)!r})
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 9, proc.stderr
+    assert torch.load(path, weights_only=True)["step"] == 1
+
+
+def test_nan_stops_cleanly_and_the_last_good_checkpoint_loads(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_train("optimizer=sgd", "optimizer.lr=1e37", "data.chunks_per_batch=1", "checkpoint.every_n_steps=1",
+                     "trainer.enable_progress_bar=false", run_dir=run_dir)
+    assert proc.returncode == 3
+    assert "Traceback" not in proc.stderr
+    assert "error: the loss became NaN or infinite at step 3" in proc.stderr
+    from echo_lstm import EchoLSTM
+
+    ckpt = final(run_dir)
+    assert ckpt["global_step"] == 2  # the step before the bad one; the bad state was never written
+    model = EchoLSTM.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_checkpoints_load_weights_only(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_train("data.total_series_length=2000", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+                     run_dir=run_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for ckpt in (run_dir / "checkpoints").glob("*.ckpt"):
+        torch.load(ckpt, weights_only=True)  # no pickled code: safe loading works
+
+
+def test_resume_refuses_a_change_of_experiment(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_train("data.total_series_length=2000", "trainer.max_epochs=1", "layers=2",
+                     run_dir=run_dir).returncode == 0
+    for override, key in (("layers=4", "layers"), ("optimizer.lr=0.1", "optimizer.lr"), ("seed=9", "seed")):
+        proc = run_train(f"resume={run_dir}", override)
+        assert proc.returncode == 2 and f"error: {key}=" in proc.stderr and "resuming" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    # Allowed: more epochs, another device setting; the run's own overrides (layers=2) are kept.
+    proc = run_train(f"resume={run_dir}", "trainer.max_epochs=2", "layers=2", "threads=1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert final(run_dir)["hyper_parameters"]["layers"] == 2
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text().count("layers=2") == 1  # original kept
+    assert list((run_dir / ".hydra").glob("resumed-*/config.yaml"))
