@@ -1,12 +1,11 @@
 """Devices and DDP: streams are the unit of parallelism, and the result does not depend on the process count."""
 
-import shutil
 from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import TINY, compose, event_files, run_train, scalars
+
 from echo_lstm.data import EchoDataModule
 
 DDP2 = ["device=ddp_cpu", "device.devices=2"]
@@ -82,10 +81,9 @@ def test_one_process_and_two_processes_end_with_the_same_weights(tmp_path, ok, o
 @pytest.mark.slow
 def test_multirun_of_ddp_jobs_gives_each_job_its_own_dir(tmp_path, ok):
     sweep = tmp_path / "sweep"
-    ok(run_train("layers=1,2", *SMALL, *DDP2, f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=${hydra.job.num}",
-                 multirun=True))
+    ok(run_train("layers=1,2", *SMALL, *DDP2, f"hydra.sweep.dir={sweep}", multirun=True))
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert [j.name for j in jobs] == ["0", "1"]
+    assert [j.name for j in jobs] == ["0_layers=1", "1_layers=2"]
     for job, layers in zip(jobs, (1, 2)):
         assert len(event_files(job)) == 1
         assert (job / "checkpoints" / "last.ckpt").is_file()
@@ -96,10 +94,10 @@ def test_multirun_of_ddp_jobs_gives_each_job_its_own_dir(tmp_path, ok):
 @pytest.mark.slow
 def test_submitit_local_launcher_runs_a_job(tmp_path, ok):
     sweep = tmp_path / "sweep"
-    ok(run_train("hydra/launcher=submitit_local", "layers=2", *TINY, f"hydra.sweep.dir={sweep}",
-                 "hydra.sweep.subdir=${hydra.job.num}", multirun=True))
-    jobs = [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    assert len(jobs) == 1 and (jobs[0] / "checkpoints" / "last.ckpt").is_file()
+    ok(run_train("hydra/launcher=submitit_local", "layers=2,3", *TINY, f"hydra.sweep.dir={sweep}", multirun=True))
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == ["0_layers=2", "1_layers=3"]
+    assert all((sweep / job / "checkpoints" / "last.ckpt").is_file() for job in jobs)
 
 
 def test_submitit_slurm_config_matches_the_device(ok):

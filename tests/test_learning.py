@@ -2,8 +2,8 @@
 
 import torch
 import torch.nn.functional as F
-
 from conftest import compose
+
 from echo_lstm import EchoLSTM
 from echo_lstm.data import EchoDataModule
 from echo_lstm.model import masked_acc, position_masks

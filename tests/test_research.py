@@ -16,8 +16,6 @@ from conftest import REPO, TINY, compose, event_files, run_train, scalars
 from echo_lstm.research import StepsToEcho
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))
-# Run names: the swept values only, not the TINY overrides every job shares.
-SHORT_NAMES = f"hydra.job.config.override_dirname.exclude_keys=[{','.join(o.split('=')[0] for o in TINY)}]"
 OPTUNA_MISSING = 'the optional Optuna sweeper is not installed: pip install -e ".[optuna]"'
 HAS_OPTUNA = importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
 
@@ -187,7 +185,7 @@ def test_missing_optuna_gives_one_clear_line(monkeypatch, capsys):
 @pytest.mark.slow
 def test_multirun_jobs_get_own_runs_and_a_summary(tmp_path, ok):
     sweep = tmp_path / "sweep"
-    proc = ok(run_train("layers=1,2", *TINY, SHORT_NAMES, f"hydra.sweep.dir={sweep}", multirun=True))
+    proc = ok(run_train("layers=1,2", *TINY, f"hydra.sweep.dir={sweep}", multirun=True))
     runs = sorted({p.parent for p in event_files(sweep)})
     assert [r.name for r in runs] == ["0_layers=1", "1_layers=2"]  # TensorBoard names the runs by dir
     assert all(r.parent == sweep for r in runs)  # events directly in each job dir
@@ -209,7 +207,7 @@ def test_multirun_jobs_get_own_runs_and_a_summary(tmp_path, ok):
 @pytest.mark.slow
 def test_failed_job_shows_in_the_summary(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_train("layers=0,1", *TINY, SHORT_NAMES, f"hydra.sweep.dir={sweep}", multirun=True)
+    proc = run_train("layers=0,1", *TINY, f"hydra.sweep.dir={sweep}", multirun=True)
     assert proc.returncode == 1  # Hydra re-raises the failed job's error once the other jobs are done
     assert "layers=0 is invalid" in proc.stderr
     rows = {r["layers"]: r for r in read_summary(sweep)}
@@ -224,13 +222,13 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     sweep = tmp_path / "sweep"
     # Two jobs that train, in two worker processes, and one that fails (its error must travel back).
     proc = run_train("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "threads=0", "layers=1,2,0", *TINY,
-                     SHORT_NAMES, f"hydra.sweep.dir={sweep}", multirun=True)
+                     f"hydra.sweep.dir={sweep}", multirun=True)
     assert proc.returncode == 1 and "layers=0 is invalid" in proc.stderr, proc.stderr[-3000:]
     rows = {r["layers"]: r for r in read_summary(sweep)}
     assert [rows[k]["status"] for k in ("1", "2", "0")] == ["completed", "completed", "failed"]
     assert rows["0"]["reason"].startswith("ConfigError: layers=0 is invalid")
     cores = len(os.sched_getaffinity(0))
-    for job in ("0_layers=1,threads=0", "1_layers=2,threads=0"):
+    for job in ("0_layers=1", "1_layers=2"):  # named by the swept key only
         log = (sweep / job / "train.log").read_text()
         assert f"torch threads: {max(1, cores // 2)} (joblib sweep: {cores} cores / 2 parallel jobs)" in log
 
@@ -239,7 +237,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
 @pytest.mark.skipif(not HAS_OPTUNA, reason=OPTUNA_MISSING)
 def test_optuna_search_runs_three_trials(tmp_path, ok):
     sweep = tmp_path / "sweep"
-    ok(run_train("hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY, SHORT_NAMES,
+    ok(run_train("hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY,
                  f"hydra.sweep.dir={sweep}"))  # hparams_search sets the multirun mode itself
     rows = read_summary(sweep)
     assert len(rows) == 3 and {r["status"] for r in rows} == {"completed"}

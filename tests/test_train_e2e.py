@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import TINY, event_files, run_train, scalars
+
 from echo_lstm import EchoLSTM
 
 pytestmark = pytest.mark.slow
@@ -13,7 +13,7 @@ def test_default_run_learns_the_echo_and_writes_everything(tmp_path, ok):
     run_dir = tmp_path / "run"
     proc = ok(run_train("trainer.enable_progress_bar=false", run_dir=run_dir))
     assert "learned the echo" in proc.stdout
-    assert f"tensorboard --logdir" in proc.stdout
+    assert "tensorboard --logdir" in proc.stdout
 
     metrics = scalars(run_dir)
     for tag in ("train/loss", "train/acc", "train/boundary_acc", "val/loss", "val/acc", "val/boundary_acc"):

@@ -138,7 +138,10 @@ def register_configs() -> None:
 
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     if not OmegaConf.has_resolver("resume_dir"):
+        from echo_lstm.preflight import sweep_job_name
+
         OmegaConf.register_new_resolver("resume_dir", resume_dir)
+        OmegaConf.register_new_resolver("sweep_job_name", sweep_job_name)
         OmegaConf.register_new_resolver(
             "resume_subdir", lambda resume, now: ".hydra" if resume is None else f".hydra/resumed-{now}"
         )

@@ -64,3 +64,34 @@ class Preflight(Callback):
             check_writable("hydra.sweep.dir", Path(config.hydra.sweep.dir))
         except ConfigError as error:
             refuse(str(error))
+        # Name each job's dir (= its TensorBoard run) by what differs between jobs: the swept keys.
+        # Jobs may run in other processes (joblib, submitit), which inherit the environment.
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        swept = [o.key_or_group for o in parsed if o.is_sweep_override()]
+        swept += list(OmegaConf.select(config, "hydra.sweeper.params") or {})  # e.g. Optuna's search space
+        os.environ[SWEPT_KEYS_ENV] = ",".join(swept)
+
+
+SWEPT_KEYS_ENV = "ECHO_LSTM_SWEPT_KEYS"
+
+
+def sweep_job_name(num: int, overrides: Any) -> str:
+    """Hydra resolver for `hydra.sweep.subdir`: `<job number>_<the job's values of the swept keys>`.
+
+    E.g. `2_layers=3` for `-m layers=1,2,3 data.batch_size=4`: the constant overrides are the same for
+    every job, so they stay out of the name (they are in the sweep summary). Without the list of swept keys
+    (a job started elsewhere), all overrides are named, shortened to fit a file name.
+    """
+    import hashlib
+
+    swept = os.environ.get(SWEPT_KEYS_ENV)
+    items = [str(o) for o in overrides]
+    if swept is not None:
+        keys = set(swept.split(",")) - {""}
+        items = [o for o in items if o.split("=", 1)[0].lstrip("+~") in keys]
+    name = f"{num}_{','.join(items)}" if items else str(num)
+    if len(name) > 120:
+        name = f"{name[:110]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name.replace("/", "_")
