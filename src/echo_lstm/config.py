@@ -47,6 +47,7 @@ class ModelConfig:
     state_size: int = 4
     dropout: float = 0.0  # on each layer's output (tutorial part 6 uses 0.5)
     forget_bias: float = 0.0  # TensorFlow's LSTMCell adds 1.0 (tutorial_parity)
+    per_chunk_hooks: bool = False  # run every chunk through Lightning's backward/step hooks (slower)
 
 
 @dataclass
@@ -81,7 +82,6 @@ class TrainerConfig:
     num_sanity_val_steps: int = 0
     enable_progress_bar: bool = True
     enable_model_summary: bool = False
-    gradient_clip_val: Any = None
     limit_val_batches: Any = None
     deterministic: Any = None
     profiler: Any = None
