@@ -45,6 +45,13 @@ class EchoCheckpoint(ModelCheckpoint):
     def save_last_now(self, trainer: pl.Trainer) -> None:
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        # Flush the event files first: everything logged up to this step is on disk before the checkpoint
+        # that a resume starts from (which then drops anything logged later, see training.py).
+        for logger in trainer.loggers:
+            logger.save()
+        super()._save_checkpoint(trainer, filepath)
+
 
 class StopRequested(Exception):
     """Raised after the checkpoint is saved, to leave `fit` at once (`should_stop` would validate first)."""

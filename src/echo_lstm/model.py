@@ -164,7 +164,7 @@ class EchoLSTM(pl.LightningModule):
         self.train_state = self._pack(hidden)
         preds = torch.stack(logits_seen).argmax(-1)
         loss = losses.mean()
-        self._log_block("train", loss, preds, y, batch["chunk0"])
+        self._log_block("train", loss, preds, y, batch["chunk0"], batch_idx)
         # For callbacks (figures): the block's last chunk, as the tutorial draws it. No copies, no syncs.
         return {"loss": loss, "x": x[-1], "y": y[-1], "pred": preds[-1]}
 
@@ -200,7 +200,7 @@ class EchoLSTM(pl.LightningModule):
 
         return direct_step
 
-    def _log_block(self, stage: str, loss, preds, y, first_chunk: int) -> None:
+    def _log_block(self, stage: str, loss, preds, y, first_chunk: int, batch_idx: int = 0) -> None:
         n_chunks, _, T = y.shape
         valid, boundary = position_masks(first_chunk, n_chunks, T, self.hparams.echo_step, y.device)
         correct = preds == y
@@ -210,12 +210,23 @@ class EchoLSTM(pl.LightningModule):
             f"{stage}/boundary_acc": masked_acc(correct, boundary),
         }
         if stage == "train":
-            self.log_dict(metrics, on_step=True, on_epoch=False)
-            self.log("step", float(self.global_step), on_step=True, on_epoch=False)  # x axis = chunks
+            # For the progress bar and callbacks (early stopping, steps_to_echo) ...
+            self.log("train/loss", loss, on_step=True, on_epoch=False, logger=False, prog_bar=True)
+            self.log_dict({k: v for k, v in metrics.items() if k != "train/loss"}, on_step=True, on_epoch=False,
+                          logger=False)
+            # ... and straight to the loggers, at x = global step (chunks). Lightning would write them only
+            # after `on_train_batch_end`, where checkpoints are saved: a run killed right after a save
+            # would then lose this step's points, and its resume could not restore them.
+            if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
+                values = {k: float(v) for k, v in metrics.items()}  # one host copy per batch of chunks
+                for logger in self.loggers:
+                    logger.log_metrics(values, step=self.global_step)
         else:
             metrics[f"{stage}/min_acc"] = torch.minimum(metrics[f"{stage}/acc"], metrics[f"{stage}/boundary_acc"])
+            self.log("val/boundary_acc", metrics.pop("val/boundary_acc"), on_step=False, on_epoch=True,
+                     sync_dist=True, prog_bar=True)
             self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True)
-            self.log("step", float(self.global_step), on_step=False, on_epoch=True, sync_dist=True)  # same x axis as train/*
+            self.log("step", float(self.global_step), on_step=False, on_epoch=True, sync_dist=True)  # x = chunks
 
     # ---------------------------------------------------------------- validation
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

@@ -151,6 +151,10 @@ def train(cfg: DictConfig) -> float | None:
         raise Interrupted(stop.signum, trainer.global_step, run_dir) from None
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if start_from is not None and trainer.global_step == start_step and cfg.optimized_metric not in metrics:
+        if trainer.is_global_zero:
+            print(f"echo-lstm: {os.path.relpath(start_from)} is already complete (step {start_step}): nothing to train")
+        return None
     if trainer.is_global_zero:
         print_summary(trainer, cfg, metrics, time.perf_counter() - started, run_dir)
     if cfg.optimized_metric not in metrics:
