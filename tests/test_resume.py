@@ -216,3 +216,18 @@ def test_resume_refuses_a_change_of_experiment(tmp_path):
     assert final(run_dir)["hyper_parameters"]["layers"] == 2
     assert (run_dir / ".hydra" / "overrides.yaml").read_text().count("layers=2") == 1  # original kept
     assert list((run_dir / ".hydra").glob("resumed-*/config.yaml"))
+
+
+def test_slurm_requeue_checkpoint_in_the_run_dir_is_continued(tmp_path):
+    # On SLURM's preemption signal Lightning saves hpc_ckpt_<n>.ckpt in the run dir and requeues the job,
+    # which starts again with the same config and run dir: it must continue from that checkpoint.
+    import shutil
+
+    run_dir = tmp_path / "run"
+    short = ["data.total_series_length=4000", "trainer.enable_progress_bar=false", "callbacks.early_stopping=null"]
+    assert run_train(*short, "trainer.max_epochs=1", run_dir=run_dir).returncode == 0
+    shutil.copy(run_dir / "checkpoints" / "last.ckpt", run_dir / "hpc_ckpt_1.ckpt")
+    proc = run_train(*short, "trainer.max_epochs=2", run_dir=run_dir)  # the requeued job (more epochs)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    steps = [s for s, _ in scalars(run_dir)["train/loss"]]
+    assert steps == sorted(set(steps)) and steps[-1] == final(run_dir)["global_step"] == 2 * 53

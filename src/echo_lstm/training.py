@@ -78,19 +78,28 @@ class Interrupted(RuntimeError):
                          f"python train.py resume={os.path.relpath(run_dir)}")
 
 
-def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, int]:
-    """The checkpoint to start from (resume=<run dir> or ckpt_path=<file>), checked, and its step."""
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, int, bool]:
+    """The checkpoint to start from, checked: (path, its step, whether this run continues in place).
+
+    `resume=<run dir>` continues that run from its `last.ckpt`; a SLURM requeue continues from the
+    `hpc_ckpt_<n>.ckpt` that Lightning saved in the run dir on the preemption signal (what Lightning would
+    pick itself; chosen here so that TensorBoard is told to drop what came after it); `ckpt_path=<file>`
+    starts a new run from that checkpoint.
+    """
     from echo_lstm.checkpointing import LAST, check_compatible, read_checkpoint
 
+    hpc = sorted(run_dir.glob("hpc_ckpt_*.ckpt"), key=lambda p: int(p.stem.rsplit("_", 1)[-1]))
     if cfg.resume is not None:
-        key, path = "resume", run_dir / LAST
+        key, path, in_place = "resume", run_dir / LAST, True
+    elif hpc:
+        key, path, in_place = "hpc_ckpt", hpc[-1], True
     elif cfg.ckpt_path is not None:
-        key, path = "ckpt_path", Path(cfg.ckpt_path)
+        key, path, in_place = "ckpt_path", Path(cfg.ckpt_path), False
     else:
-        return None, 0
+        return None, 0, False
     ckpt = read_checkpoint(path, key)
     check_compatible(ckpt, cfg, key, path)
-    return path, int(ckpt.get("global_step", 0))
+    return path, int(ckpt.get("global_step", 0)), in_place
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -112,7 +121,7 @@ def train(cfg: DictConfig) -> float | None:
         torch.set_num_threads(threads)
     pl.seed_everything(cfg.seed, verbose=False)
     run_dir = Path(cfg.run_dir)
-    start_from, start_step = resume_checkpoint(cfg, run_dir)
+    start_from, start_step, in_place = resume_checkpoint(cfg, run_dir)
 
     datamodule = EchoDataModule(**OmegaConf.to_container(cfg.data, resolve=True))
     model = EchoLSTM(
@@ -123,7 +132,7 @@ def train(cfg: DictConfig) -> float | None:
     )
     # Resuming appends to the same TensorBoard run; purge_step tells TensorBoard to drop what the
     # interrupted run logged after its last checkpoint, so no step appears twice.
-    logger = instantiate(cfg.logger, **({"purge_step": start_step + 1} if cfg.resume is not None else {}))
+    logger = instantiate(cfg.logger, **({"purge_step": start_step + 1} if in_place else {}))
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
     if not cfg.trainer.enable_progress_bar:  # Lightning refuses a bar callback when bars are off
         from pytorch_lightning.callbacks import ProgressBar
@@ -142,7 +151,7 @@ def train(cfg: DictConfig) -> float | None:
         use_distributed_sampler=False,  # streams are sharded by the data module, never by a sampler
         plugins=[checkpoint_io()],  # atomic checkpoint writes
     )
-    if trainer.is_global_zero and cfg.resume is None:  # a resumed run has them already
+    if trainer.is_global_zero and not in_place:  # a resumed run has them already
         log_hparams(logger, cfg, ["val/acc", "val/boundary_acc", "train/steps_to_echo"])
     try:
         with job_scope():
