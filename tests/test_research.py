@@ -146,27 +146,171 @@ def test_steps_to_echo_not_reached_is_inf(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ the figure
-def test_figure_is_written_to_tensorboard(tmp_path):
-    from PIL import Image
+def read_images(log_dir: Path, tag: str = "echo/chunk") -> list:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"images": 0})
+    acc.Reload()
+    return acc.Images(tag) if tag in acc.Tags()["images"] else []
+
+
+def check_image(event, width: int, height: int) -> None:
+    """A real figure: the size asked for, axes, bars in three colours, text."""
+    from PIL import Image
+
+    assert (event.width, event.height) == (width, height)
+    image = Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB")
+    assert image.size == (width, height)
+    pixels = torch.tensor(list(image.getdata()))
+    assert len(torch.unique(pixels, dim=0)) > 10  # not blank
+    blue, red = torch.tensor([0, 0, 255]), torch.tensor([255, 0, 0])
+    assert (pixels == blue).all(1).any() and (pixels == red).all(1).any()
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_figure_is_written_to_tensorboard(tmp_path, background):
+    import multiprocessing
 
     from echo_lstm.training import train
 
     cfg = compose(*TINY, "trainer.max_epochs=1", "figure.every_n_steps=20", "figure.width=400",
-                  "figure.height=300", "figure.streams=2", run_dir=tmp_path)
+                  "figure.height=300", "figure.streams=2", f"figure.background={background}", run_dir=tmp_path)
+    children = set(multiprocessing.active_children())
     train(cfg)
-    acc = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
-    acc.Reload()
-    images = acc.Images("echo/chunk")
-    assert [e.step for e in images] == [20, 40, 60]  # 60 chunks, drawn each time a multiple of 20 is crossed
+    images = read_images(tmp_path)
+    steps = [e.step for e in images]
+    if background:
+        # Drawn in a worker process; a figure due while the previous one is still being drawn is skipped,
+        # but the first one never is (it only waits for the worker to start), and the one in flight at the
+        # end is awaited.
+        assert steps[:1] == [20] and set(steps) <= {20, 40, 60} and steps == sorted(steps)
+        assert set(multiprocessing.active_children()) <= children  # the worker is shut down with training
+    else:
+        assert steps == [20, 40, 60]  # 60 chunks, drawn each time a multiple of 20 is crossed
     for event in images:
-        assert (event.width, event.height) == (400, 300)
-        image = Image.open(io.BytesIO(event.encoded_image_string)).convert("RGB")
-        pixels = torch.tensor(list(image.getdata()))
-        assert pixels.shape == (400 * 300, 3)
-        assert len(torch.unique(pixels, dim=0)) > 10  # not blank: axes, bars in three colours, text
-        blue, red = torch.tensor([0, 0, 255]), torch.tensor([255, 0, 0])
-        assert (pixels == blue).all(1).any() and (pixels == red).all(1).any()
+        check_image(event, 400, 300)
+
+
+def fake_trainer(log_dir: Path, **kw):
+    """What EchoFigure reads of a Trainer: step, rank, loggers (a real TensorBoardLogger)."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(str(log_dir), name="", version="")
+    return SimpleNamespace(**{"global_step": 0, "is_global_zero": True, "loggers": [logger], "max_steps": -1,
+                              "current_epoch": 0, **kw})
+
+
+def chunk_outputs(streams: int = 2, T: int = 5, bad: bool = False) -> dict:
+    x = torch.randint(0, 2, (streams, T))
+    pred = torch.randint(0, 2, (streams, T + 1 if bad else T))  # bad: a prediction of the wrong length
+    return {"loss": torch.tensor(0.69), "x": x, "y": x, "pred": pred}
+
+
+def batch_end(cb, trainer, step: int, **kw) -> None:
+    trainer.global_step = step
+    cb.on_train_batch_end(trainer, None, chunk_outputs(**kw), None, 0)
+
+
+def test_figure_process_skips_while_busy_and_survives_a_failure(tmp_path, caplog):
+    """The worker process: at most one figure in flight, failures logged (training goes on), all written at the
+    end, the worker gone after it."""
+    import multiprocessing
+    import sys
+
+    from echo_lstm.research import EchoFigure
+
+    main_file = getattr(sys.modules["__main__"], "__file__", None)
+    children = set(multiprocessing.active_children())
+    trainer = fake_trainer(tmp_path)
+    cb = EchoFigure(every_n_steps=20, streams=2, width=300, height=200)
+    cb.on_train_start(trainer, None)
+    assert cb._pool is not None and len(set(multiprocessing.active_children()) - children) == 1  # warming up
+    assert getattr(sys.modules["__main__"], "__file__", None) == main_file  # hidden only while spawning
+    batch_end(cb, trainer, 4)  # no figure due
+    assert cb._pending is None
+    batch_end(cb, trainer, 20, bad=True)  # due: handed to the worker (which is still starting)
+    assert cb._pending is not None
+    batch_end(cb, trainer, 40)  # due while the previous one is still being drawn: skipped
+    assert cb.skipped == 1
+    assert cb.wait(timeout=60)
+    assert cb.failed == 1 and cb.written == 0
+    assert "drawing the figure of step 20 failed" in caplog.text  # logged in the training process
+    batch_end(cb, trainer, 60)  # the worker survived the failure
+    cb.on_train_end(trainer, None)
+    assert (cb.written, cb.skipped, cb.failed) == (1, 1, 1)
+    assert cb._pool is None and set(multiprocessing.active_children()) <= children
+    trainer.loggers[0].finalize("success")
+    images = read_images(tmp_path)
+    assert [e.step for e in images] == [60]
+    check_image(images[0], 300, 200)
+
+
+def test_figure_end_waits_a_bounded_time(tmp_path):
+    import multiprocessing
+    import time
+
+    from echo_lstm.research import EchoFigure
+
+    children = set(multiprocessing.active_children())
+    trainer = fake_trainer(tmp_path)
+    cb = EchoFigure(every_n_steps=20, streams=2, width=300, height=200, wait_s=0.05)
+    cb.on_train_start(trainer, None)
+    batch_end(cb, trainer, 20)  # in flight: the worker is still starting
+    started = time.perf_counter()
+    cb.on_exception(trainer, None, RuntimeError("boom"))
+    assert time.perf_counter() - started < 5  # not the whole figure: dropped, the worker terminated
+    assert cb.failed == 1 and cb.written == 0 and cb._pool is None
+    assert set(multiprocessing.active_children()) <= children
+    trainer.loggers[0].finalize("success")
+
+
+def test_figure_only_on_rank_zero_and_when_a_figure_can_be_due(tmp_path):
+    from echo_lstm.research import EchoFigure
+
+    for kw in ({"is_global_zero": False}, {"max_steps": 19}):
+        trainer = fake_trainer(tmp_path, **kw)
+        cb = EchoFigure(every_n_steps=20)
+        cb.on_train_start(trainer, None)
+        assert cb._pool is None  # no worker process started
+        batch_end(cb, trainer, 20)
+        assert cb._pending is None and cb.written == 0
+        cb.on_train_end(trainer, None)
+
+
+def test_figure_redraw_equals_a_full_draw():
+    """The drawer redraws only what changes over a saved picture of the rest (blitting): the result must be
+    the picture a full matplotlib draw gives, also after the loss curve's axes have changed."""
+    import numpy as np
+
+    from echo_lstm.figure import EchoFigureDrawer
+
+    rng = np.random.default_rng(0)
+    drawer = EchoFigureDrawer(450, 300)
+    for n in (5, 400):  # the second time: new bars, new loss limits and ticks, new title
+        x, y, pred = (rng.integers(0, 2, (3, 7)) for _ in range(3))
+        image = drawer.draw(x, y, pred, np.arange(n), np.exp(-np.arange(n) / 100), f"step {n}")
+    for artist in drawer.fig.findobj(lambda a: a.get_animated()):
+        artist.set_animated(False)
+    drawer.canvas.draw()  # everything, the ordinary way
+    full = np.asarray(drawer.canvas.buffer_rgba())[..., :3]
+    assert image.shape == (300, 450, 3) and np.array_equal(image, full)
+
+
+def test_figure_module_is_light_and_draws_a_png():
+    """The worker imports only echo_lstm.figure: numpy and matplotlib, never torch or Lightning."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np; from echo_lstm import figure; figure.warm_up(300, 200, 2, 5); "
+            "built = figure._drawer; x = np.ones((2, 5), dtype=np.int64); "
+            "png, h, w = figure.render_png(x, x, x, np.arange(3), np.ones(3, np.float32), 300, 200); "
+            "print(png[:8] == b'\\x89PNG\\r\\n\\x1a\\n', h, w, figure._drawer is built, "
+            "any(m.split('.')[0] in ('torch', 'pytorch_lightning', 'lightning') for m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "200", "300", "True", "False"]  # warm_up built the drawer used
 
 
 # ------------------------------------------------------------------------------------------ optional plugins

@@ -1,8 +1,9 @@
 """Research callbacks: how fast a run learns the echo (`train/steps_to_echo`) and the tutorial's figure.
 
 Both stay off the training hot path: `StepsToEcho` reads one scalar per training batch that the logger reads
-anyway, and `EchoFigure` copies tensors to the host only every `every_n_steps` chunks and draws them in a
-background thread. `job_threads` sizes torch's thread pool for a job of a parallel (joblib) sweep.
+anyway, and `EchoFigure` copies tensors to the host only every `every_n_steps` chunks and has them drawn in
+a worker process (`echo_lstm.figure`, which also holds the drawing code; its names are re-exported here).
+`job_threads` sizes torch's thread pool for a job of a parallel (joblib) sweep.
 """
 
 from __future__ import annotations
@@ -10,14 +11,23 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
+import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import BrokenExecutor, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
+
+from echo_lstm import figure
+from echo_lstm.figure import EchoFigureDrawer, draw_echo_figure
+
+__all__ = ["EchoFigure", "EchoFigureDrawer", "StepsToEcho", "draw_echo_figure", "job_threads", "stopped_on_threshold"]
 
 log = logging.getLogger(__name__)
 
@@ -136,98 +146,70 @@ def stopped_on_threshold(trainer: pl.Trainer) -> bool:
                for es in trainer.early_stopping_callbacks)
 
 
-class EchoFigureDrawer:
-    """The tutorial's figure, drawn into an RGB uint8 array [height, width, 3].
+@contextmanager
+def main_module_hidden() -> Iterator[None]:
+    """While starting a spawned process: keep it from re-importing this process's `__main__`.
 
-    First panel: the training loss so far. Then, per stream, the chunk's time steps as bars: input (blue,
-    height 1), target (red, 0.5), prediction (green, 0.3); a learned echo shows red and green bars that
-    coincide. Matplotlib's object API with the Agg canvas (no pyplot: no global state, safe in a thread).
-    The figure is built once and only its data change afterwards (a redraw costs a few tens of ms).
+    A spawned child normally runs the parent's main script (as `__mp_main__`) so that functions defined
+    there can be unpickled. The figure worker only needs `echo_lstm.figure`; running the main script would
+    cost it start-up time (train.py imports Hydra) and would re-run a user's script that calls `train()`
+    without an `if __name__ == "__main__":` guard. So `__main__.__file__` and `__spec__`, the two things
+    multiprocessing looks at, are hidden for the moment the child is started (a few ms).
     """
-
-    COLORS = (("input", "blue", 1.0), ("target", "red", 0.5), ("prediction", "green", 0.3))
-
-    def __init__(self, width: int, height: int):
-        self.width, self.height = width, height
-        self._key: tuple[int, int] | None = None
-
-    def _build(self, streams: int, T: int) -> None:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        dpi = 100
-        self.fig = Figure(figsize=(self.width / dpi, self.height / dpi), dpi=dpi)
-        self.canvas = FigureCanvasAgg(self.fig)
-        cols = 3
-        rows = math.ceil((1 + streams) / cols)
-        self.fig.subplots_adjust(left=0.06, right=0.98, bottom=0.08, top=0.88, wspace=0.25, hspace=0.45)
-        ax = self.fig.add_subplot(rows, cols, 1)
-        (self.loss_line,) = ax.plot([], [], color="tab:blue", linewidth=1)
-        ax.set_title("train/loss", fontsize=8)
-        ax.tick_params(labelsize=6)
-        self.loss_ax = ax
-        edges = np.arange(T + 1) - 0.5
-        zeros = np.zeros(T)
-        self.bars = []
-        for s in range(streams):
-            ax = self.fig.add_subplot(rows, cols, s + 2)
-            self.bars.append([ax.stairs(zeros, edges, fill=True, color=c, label=name)
-                              for name, c, _ in self.COLORS])
-            ax.set_xlim(-0.5, T - 0.5)
-            ax.set_ylim(0, 2)
-            ax.set_title(f"stream {s}", fontsize=8)
-            ax.tick_params(labelsize=6)
-        self.fig.axes[1].legend(fontsize=6, loc="upper right", ncols=3, frameon=False)
-        self.title = self.fig.suptitle("", fontsize=9)
-        self._key = (streams, T)
-
-    def draw(self, x: np.ndarray, y: np.ndarray, pred: np.ndarray, steps: np.ndarray, losses: np.ndarray,
-             title: str = "") -> np.ndarray:
-        streams, T = x.shape
-        if self._key != (streams, T):
-            self._build(streams, T)
-        for s, bars in enumerate(self.bars):
-            for bar, values, (_, _, height) in zip(bars, (x[s], y[s], pred[s]), self.COLORS, strict=True):
-                bar.set_data(values.astype(float) * height)
-        self.loss_line.set_data(steps, losses)
-        if len(steps):
-            self.loss_ax.relim()
-            self.loss_ax.autoscale_view()
-        self.title.set_text(title)
-        self.canvas.draw()
-        return np.asarray(self.canvas.buffer_rgba())[..., :3].copy()
-
-
-def draw_echo_figure(x: np.ndarray, y: np.ndarray, pred: np.ndarray, steps: np.ndarray, losses: np.ndarray,
-                     width: int, height: int, title: str = "") -> np.ndarray:
-    """One figure (see EchoFigureDrawer) as an RGB uint8 array [height, width, 3]."""
-    return EchoFigureDrawer(width, height).draw(x, y, pred, steps, losses, title)
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    try:
+        if "__file__" in saved:
+            del main.__file__
+        if "__spec__" in saved:
+            main.__spec__ = None
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
 
 
 class EchoFigure(Callback):
     """Every `every_n_steps` chunks, the tutorial's figure of the current chunk into TensorBoard (Images tab).
 
     The chunk is the last one of the training batch that crosses a multiple of `every_n_steps` (the model
-    returns its inputs, targets and predictions). Only then are they copied to the host, at most `streams`
-    of them; drawing and encoding happen in a background thread (`background=False`: inline). Rank 0 only;
-    does nothing without a TensorBoard logger.
+    returns its inputs, targets and predictions). Only then are they copied to the host: at most `streams`
+    of them, and the training losses since the last figure, in one batched copy. Rank 0 only; does nothing
+    without a TensorBoard logger.
+
+    `background=True`: the figure is drawn and PNG-encoded in one worker process (`echo_lstm.figure`, which
+    imports neither torch nor Lightning), started and warmed up in `on_train_start`, so that matplotlib
+    never holds this process's GIL. The training process only pickles a few small arrays and, once the
+    worker is done, writes the ready PNG as an image summary. It polls for the finished figure at the end
+    of each training batch (one `Future.done()` call): all writes stay in the training thread, in step
+    order, and a failure is logged there. At most one figure is in flight: one that falls due while the
+    previous one is still being drawn is skipped (`skipped` counts them; logged once, at the end). At the
+    end of training (or on an exception) the figure in flight is awaited for at most `wait_s` seconds,
+    before the logger is finalized, and the worker is shut down. `background=False`: drawn inline.
+    A figure that fails is logged and never stops training.
     """
 
     def __init__(self, every_n_steps: int = 100, streams: int = 5, width: int = 900, height: int = 500,
-                 background: bool = True, tag: str = "echo/chunk"):
+                 background: bool = True, tag: str = "echo/chunk", wait_s: float = 10.0):
         self.every_n_steps = every_n_steps
         self.streams = streams
         self.width, self.height = width, height
         self.background = background
         self.tag = tag
+        self.wait_s = wait_s
+        self.written = 0  # figures written to TensorBoard
+        self.skipped = 0  # figures due while the previous one was still being drawn
+        self.failed = 0
         self._last_step = 0
-        self._steps: list[int] = []
+        self._steps: list[int] = []  # steps of the losses below, since the last figure
         self._losses: list[torch.Tensor] = []  # on the device, until a figure needs them
-        self._host_losses: list[float] = []
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: list[Future] = []
+        self._host_steps = np.zeros(0, dtype=np.int64)  # all of them, on the host
+        self._host_losses = np.zeros(0, dtype=np.float32)
+        self._pool: ProcessPoolExecutor | None = None
+        self._pending: tuple[Future, Any, int, float] | None = None  # (figure in flight, writer, step, since)
         self._warned = False
-        self._drawer: EchoFigureDrawer | None = None  # used by one thread at a time
+        self._finished = False  # _finish ran for this fit
+        self._drawer: EchoFigureDrawer | None = None  # background=False only
 
     def _writer(self, trainer: pl.Trainer) -> Any:
         from pytorch_lightning.loggers import TensorBoardLogger
@@ -240,8 +222,93 @@ class EchoFigure(Callback):
             self._warned = True
         return None
 
+    # ------------------------------------------------------------------------------------------ the worker
+    def _start_worker(self, shape: tuple[int, int] | None) -> None:
+        """Start the worker process and have it import matplotlib and build the figure (of `shape`: streams,
+        chunk length, if known) now, while training starts."""
+        import multiprocessing
+
+        try:
+            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=figure.init_worker, initargs=(os.getpid(),))
+            with main_module_hidden():  # the first submit starts the worker process
+                # A figure due before the warm-up is done waits for it in the pool's queue.
+                self._pool.submit(figure.warm_up, self.width, self.height, *(shape or (0, 0)))
+        except Exception:
+            log.exception("EchoFigure: could not start the figure process, so no figures "
+                          "(figure.background=false draws them in the training process)")
+            self._stop_worker(kill=True)
+
+    def _stop_worker(self, kill: bool = False) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if kill:  # a figure that takes too long, or a broken pool: do not wait for the worker
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+        try:
+            pool.shutdown(wait=True, cancel_futures=True)
+        except Exception:
+            log.exception("EchoFigure: shutting the figure process down failed")
+
+    def _collect(self, block: bool = False, timeout: float | None = None) -> None:
+        """Write the figure in flight if it is done; `block`: wait for it first, at most `timeout` seconds
+        (None: no limit)."""
+        if self._pending is None:
+            return
+        future, writer, step, submitted = self._pending
+        if block:
+            wait([future], timeout=timeout)
+        if not future.done():
+            return
+        self._pending = None
+        try:
+            png, height, width = future.result()
+        except Exception:
+            self.failed += 1
+            log.exception(f"EchoFigure: drawing the figure of step {step} failed")
+            if isinstance(future.exception(), BrokenExecutor):
+                log.warning("EchoFigure: the figure process died, so no more figures in this run")
+                self._stop_worker(kill=True)
+            return
+        log.debug(f"EchoFigure: figure of step {step} drawn in {time.perf_counter() - submitted:.3f} s")
+        self._write(writer, png, height, width, step)
+
+    def _write(self, writer: Any, png: bytes, height: int, width: int, step: int) -> None:
+        """One image summary from an encoded PNG (no decoding or re-encoding here)."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        try:
+            image = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
+            summary = Summary(value=[Summary.Value(tag=self.tag, image=image)])
+            file_writer = writer._get_file_writer() if hasattr(writer, "_get_file_writer") else writer.file_writer
+            file_writer.add_summary(summary, step)
+            self.written += 1
+        except Exception:  # a figure must never kill training
+            self.failed += 1
+            log.exception(f"EchoFigure: writing the figure of step {step} failed")
+
+    # ------------------------------------------------------------------------------------------ hooks
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_step = trainer.global_step  # after a resume: the next figure is N steps on
+        self.written = self.skipped = self.failed = 0
+        self._finished = False
+        n = self.every_n_steps
+        if not n or not self.background or not trainer.is_global_zero or self._pool is not None:
+            return
+        if 0 < trainer.max_steps and trainer.max_steps // n <= self._last_step // n:
+            return  # this run ends before its first figure
+        if self._writer(trainer) is not None:
+            self._start_worker(self._expected_shape(trainer, pl_module))
+
+    def _expected_shape(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[int, int] | None:
+        """(streams, chunk length) of the figures to come, from the model's and data's hyperparameters; None
+        if unknown (a wrong guess only costs the first figure a rebuild)."""
+        T = getattr(getattr(pl_module, "hparams", None), "truncated_backprop_length", None)
+        batch_size = getattr(getattr(getattr(trainer, "datamodule", None), "hparams", None), "batch_size", None)
+        if not isinstance(T, int) or not isinstance(batch_size, int):
+            return None
+        return min(self.streams, max(1, batch_size // max(1, getattr(trainer, "world_size", 1)))), T
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
@@ -252,54 +319,80 @@ class EchoFigure(Callback):
         if "loss" in outputs:
             self._steps.append(step)
             self._losses.append(outputs["loss"].detach())
+        self._collect()
         if step // n <= self._last_step // n:
             return
         self._last_step = step
+        if self.background:
+            if self._pool is None:  # no worker (no TensorBoard logger, or it failed): no figure
+                return
+            if self._pending is not None:  # the previous figure is still being drawn
+                self.skipped += 1
+                return
         writer = self._writer(trainer)
         if writer is None:
             return
         # The only host copies: this chunk (a few streams) and the losses since the last figure.
         x, y, pred = (outputs[k][: self.streams].detach().cpu().numpy() for k in ("x", "y", "pred"))
         if self._losses:
-            self._host_losses += torch.stack(self._losses).float().cpu().tolist()
-            self._losses = []
-        args = (writer, x, y, pred, np.array(self._steps), np.array(self._host_losses), step,
+            losses = torch.stack(self._losses).float().cpu().numpy()
+            self._host_losses = np.concatenate([self._host_losses, losses.reshape(-1)])
+            self._host_steps = np.concatenate([self._host_steps, np.asarray(self._steps, dtype=np.int64)])
+            self._steps, self._losses = [], []
+        args = (x, y, pred, self._host_steps, self._host_losses, self.width, self.height,
                 f"step {step}, epoch {trainer.current_epoch}")
-        if self.background:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="echo-figure")
-            self._pending = [f for f in self._pending if not f.done()]
-            self._pending.append(self._pool.submit(self._render, *args))
-        else:
-            self._render(*args)
+        if not self.background:
+            self._draw_inline(writer, step, *args)
+            return
+        try:
+            self._pending = (self._pool.submit(figure.render_png, *args), writer, step, time.perf_counter())
+        except Exception:  # the pool broke (the worker died) or was shut down
+            self.failed += 1
+            log.exception("EchoFigure: could not hand the figure to the figure process, so no more figures")
+            self._stop_worker(kill=True)
 
-    def _render(self, writer: Any, x, y, pred, steps, losses, step: int, title: str) -> None:
+    def _draw_inline(self, writer: Any, step: int, x, y, pred, steps, losses, width: int, height: int,
+                     title: str) -> None:
         try:
             if self._drawer is None:
-                self._drawer = EchoFigureDrawer(self.width, self.height)
-            image = self._drawer.draw(x, y, pred, steps, losses, title)
-            writer.add_image(self.tag, image, global_step=step, dataformats="HWC")
+                self._drawer = EchoFigureDrawer(width, height)
+            png, h, w = self._drawer.draw_png(x, y, pred, steps, losses, title)
         except Exception:  # a figure must never kill training
-            log.exception("EchoFigure: drawing the figure failed")
+            self.failed += 1
+            log.exception(f"EchoFigure: drawing the figure of step {step} failed")
+            return
+        self._write(writer, png, h, w, step)
 
-    def wait(self) -> None:
-        """Block until every figure submitted so far is written."""
-        for future in self._pending:
-            future.result()
-        self._pending = []
+    def wait(self, timeout: float | None = None) -> bool:
+        """Write the figure in flight once it is drawn, waiting at most `timeout` seconds (None: no limit);
+        True if none is left in flight."""
+        self._collect(block=True, timeout=timeout)
+        return self._pending is None
 
-    def _shutdown(self) -> None:
-        self.wait()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+    def _finish(self) -> None:
+        """End of training: the figure in flight (at most `wait_s` s), then the worker; before the logger
+        is finalized (Lightning calls the callbacks' `on_train_end` / `on_exception` first)."""
+        if self._finished:
+            return
+        self._finished = True
+        if self._pending is not None and not self.wait(self.wait_s):
+            step = self._pending[2]
+            self._pending = None
+            self.failed += 1
+            log.warning(f"EchoFigure: the figure of step {step} was not drawn within {self.wait_s:g} s; "
+                        "dropped")
+            self._stop_worker(kill=True)
+        self._stop_worker()
+        if self.skipped or self.failed:
+            log.info(f"EchoFigure: {self.written} figures written, {self.skipped} skipped (due while the "
+                     f"previous one was still being drawn), {self.failed} failed")
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._shutdown()  # before the logger is finalized
+        self._finish()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException,
                      ) -> None:
-        self._shutdown()
+        self._finish()
 
 
 # ---------------------------------------------------------------------------------------------- sweeps
