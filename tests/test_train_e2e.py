@@ -24,7 +24,7 @@ def test_default_run_learns_the_echo_and_writes_everything(tmp_path, ok):
     assert steps == sorted(steps) and steps[0] > 0  # x axis = optimizer steps (chunks)
     assert steps[-1] < 5 * 666  # stopped early, long before 100 epochs
     val_steps = [s for s, _ in metrics["val/acc"]]
-    assert val_steps == list(range(64, 64 * len(val_steps) + 1, 64))  # validated every 2 batches of 32 chunks
+    assert val_steps == list(range(128, 128 * len(val_steps) + 1, 128))  # validated every 2 batches of 64 chunks
     assert len(event_files(run_dir)) == 1
 
     assert (run_dir / ".hydra" / "config.yaml").is_file()  # the resolved config lives with the run

@@ -35,7 +35,7 @@ class DataConfig:
     batch_size: int = 5  # number of parallel streams (global, over all processes)
     truncated_backprop_length: int = 15  # steps per chunk; one optimizer step per chunk
     echo_step: int = 3  # target = input delayed by this many steps
-    chunks_per_batch: int = 32  # chunks handed to one training_step (see model.py: why)
+    chunks_per_batch: int = 64  # chunks handed to one training_step (see model.py: why)
     val_series_length: int = 10000  # validation bits, over all streams; fixed series
     seed: int = II("seed")
 
@@ -89,7 +89,7 @@ class TrainerConfig:
 
 @dataclass
 class CheckpointConfig:
-    every_n_steps: int = 200  # also saved at each validation and at the end
+    every_n_steps: int = 1000  # also saved at each validation and at the end
 
 
 @dataclass

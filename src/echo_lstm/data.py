@@ -122,7 +122,7 @@ class EchoDataModule(pl.LightningDataModule):
         batch_size: int = 5,
         truncated_backprop_length: int = 15,
         echo_step: int = 3,
-        chunks_per_batch: int = 32,
+        chunks_per_batch: int = 64,
         val_series_length: int = 10000,
         seed: int = 1234,
     ):

@@ -38,7 +38,7 @@ class StepsToEcho(Callback):
 
     The boundary accuracy is the hard part of the echo (its targets lie in the previous chunk), so this is
     the step at which the carried state has learned it. It is read from `train/boundary_acc`, which the
-    model logs once per training batch as the mean over the batch's chunks; the window is therefore made of
+    model returns (and logs) once per training batch as the mean over the batch's chunks; the window is therefore made of
     whole batches, each weighted by its chunks (rounded up to whole batches), and counts once it is full.
 
     Early stopping races this test: validation (the model after a batch) usually confirms the echo before
@@ -104,7 +104,9 @@ class StepsToEcho(Callback):
                            batch: Any, batch_idx: int) -> None:
         if self.reached_at is not None:
             return
-        value = trainer.callback_metrics.get(self.monitor)
+        value = outputs.get(self.monitor) if isinstance(outputs, dict) else None  # the model returns it
+        if value is None:
+            value = trainer.callback_metrics.get(self.monitor)
         if value is None:
             self._seen_step = trainer.global_step
             return
