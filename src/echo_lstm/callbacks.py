@@ -33,6 +33,26 @@ class TrainProgressBar(TQDMProgressBar):
         return metrics
 
 
+def is_final_batch(trainer: pl.Trainer) -> bool:
+    """Whether the batch just trained is the run's last one (max_steps reached, or the last epoch's end)."""
+    return (0 < trainer.max_steps <= trainer.global_step) or (
+        trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        and trainer.current_epoch + 1 >= (trainer.max_epochs or 0) > 0
+    )
+
+
+class FinalValidation(pl.Callback):
+    """Validate after the last training batch too, so every run ends with `val/*` of its final weights.
+
+    Lightning validates every `val_check_interval` batches, which the last batch need not be. Asking it to
+    stop at the last batch (`should_stop`) makes it validate there, as it does for early stopping.
+    """
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if is_final_batch(trainer):
+            trainer.should_stop = True
+
+
 class EchoCheckpoint(ModelCheckpoint):
     """ModelCheckpoint (best by a monitored metric, `last.ckpt` at every validation) plus `last.ckpt` at a
     cadence in optimizer steps and at the very last training batch.
@@ -52,11 +72,10 @@ class EchoCheckpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, *args, **kw)
         n, step = self.every_n_steps, trainer.global_step
         crossed = n and step // n > self._last_global_step_saved // n
-        last_batch = (0 < trainer.max_steps <= step) or (
-            trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-            and trainer.current_epoch + 1 >= (trainer.max_epochs or 0) > 0
-        )
-        if (crossed or last_batch) and step > self._last_global_step_saved:
+        # At the final batch, a validation follows when `should_stop` is set (FinalValidation, early
+        # stopping), and saves when it ends; otherwise save here.
+        final = is_final_batch(trainer) and not trainer.should_stop
+        if (crossed or final) and step > self._last_global_step_saved:
             self.save_last_now(trainer)
 
     def save_last_now(self, trainer: pl.Trainer) -> None:

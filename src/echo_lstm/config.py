@@ -169,6 +169,8 @@ def require_optional_plugins(argv: list[str]) -> None:
 
 
 CELLS = ("lstm", "gru", "rnn")
+METRICS = ("val/boundary_acc", "val/acc", "val/loss", "val/min_acc", "train/steps_to_echo", "train/boundary_acc",
+           "train/acc", "train/loss")
 OPTIMIZERS = ("adagrad", "adam", "sgd")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
@@ -216,6 +218,8 @@ def validate(cfg: Any) -> list[str]:
     _require(0 <= o.momentum < 1, "optimizer.momentum", o.momentum, "must be in [0, 1)")
     _require(o.eps > 0, "optimizer.eps", o.eps, "must be > 0")
     _require(0 < cfg.target_acc <= 1, "target_acc", cfg.target_acc, "must be in (0, 1]")
+    _require(cfg.optimized_metric in METRICS, "optimized_metric", cfg.optimized_metric,
+             f"must be one of the logged metrics: {', '.join(METRICS)}")
     _require(cfg.threads >= 0, "threads", cfg.threads, "must be >= 0 (0 = torch's default)")
     _require(t.max_epochs >= 1 or t.max_epochs == -1, "trainer.max_epochs", t.max_epochs, "must be >= 1 or -1")
     _require(t.max_steps >= 1 or t.max_steps == -1, "trainer.max_steps", t.max_steps, "must be >= 1 or -1")

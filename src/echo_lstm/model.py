@@ -90,6 +90,7 @@ class EchoLSTM(pl.LightningModule):
                 for layer in range(layers):
                     getattr(self.rnn, f"bias_ih_l{layer}")[state_size : 2 * state_size] += forget_bias
         self.train_state: torch.Tensor | None = None
+        self.last_train_metrics: dict[str, torch.Tensor] = {}
 
     # ---------------------------------------------------------------- the network
     def initial_state(self, streams: int) -> torch.Tensor:
@@ -168,6 +169,7 @@ class EchoLSTM(pl.LightningModule):
         preds = torch.stack(logits_seen).argmax(-1)
         loss = losses.mean()
         metrics = self._log_block("train", loss, preds, y, batch["chunk0"], batch_idx)
+        self.last_train_metrics = metrics  # tensors, read (copied to the host) only at the end of a run
         # For callbacks: the block's metrics (steps_to_echo, progress bar) and its last chunk, as the
         # tutorial draws it (figure). References only: no copies, no syncs.
         return {**metrics, "loss": loss, "x": x[-1], "y": y[-1], "pred": preds[-1]}

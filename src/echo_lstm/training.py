@@ -159,7 +159,8 @@ def train(cfg: DictConfig) -> float | None:
     except StopRequested as stop:
         raise Interrupted(stop.signum, trainer.global_step, run_dir) from None
 
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics = {k: float(v) for k, v in {**model.last_train_metrics, **trainer.callback_metrics}.items()
+               if v.numel() == 1}
     if start_from is not None and trainer.global_step == start_step and cfg.optimized_metric not in metrics:
         if trainer.is_global_zero:
             print(f"echo-lstm: {os.path.relpath(start_from)} is already complete (step {start_step}): nothing to train")
