@@ -1,7 +1,7 @@
 """Training throughput of the project against a minimal hand-written PyTorch TBPTT loop, and start-up times.
 
     python benchmarks/throughput.py [--layers 3 --state-size 4 --streams 5 --chunk-length 15 --repeats 5
-                                     --chunks 640 --threads N --device cpu|gpu --malloc-tuned --skip-cli]
+                                     --chunks 640 --threads N --device cpu|gpu --skip-cli]
                                     [KEY=VALUE ...]   (extra Hydra overrides for (b), to locate a cost)
 
 In ONE process, alternating, `--repeats` times:
@@ -78,9 +78,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch intra-op threads for BOTH paths; default: the config's `threads` "
                         "(0 there = torch's default, what train.py uses)")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    p.add_argument("--malloc-tuned", action="store_true",
-                   help="for both paths: glibc mallopt so that freed memory stays in the process (no mmap "
-                        "per large tensor, no trimming); shows what the allocator costs (page faults)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="extra Hydra overrides for (b) only, e.g. callbacks.echo_figure=null (to find a "
                         "cost)")
@@ -141,21 +138,11 @@ def project_overrides(a: argparse.Namespace, defaults, threads: int) -> list[str
 
 
 def tune_malloc() -> str:
-    """glibc: serve all allocations from the heap and never give it back (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD).
+    """The allocator setting that `train()` applies to its process (echo_lstm.training.keep_freed_memory),
+    applied up front so that (a) runs under it from the first repeat too."""
+    from echo_lstm.training import keep_freed_memory
 
-    By default glibc maps each block over a (dynamic) threshold with mmap and unmaps it when freed, so
-    every large tensor of every step costs page faults again; on this VM that is a third of a large
-    model's time."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        ok = libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
-    except (OSError, AttributeError):
-        ok = False
-    return "malloc tuned (mallopt)" if ok else "malloc NOT tuned (no glibc mallopt here)"
+    return "malloc tuned (mallopt, as train() does)" if keep_freed_memory() else "malloc NOT tuned (no glibc)"
 
 
 # ---------------------------------------------------------------------------------------------- probes
@@ -176,7 +163,7 @@ def _sync(pl_module) -> None:
 def _clocks() -> tuple[float, float, int]:
     """(wall, CPU of this process, minor page faults so far). CPU time is far less disturbed than wall time
     by other processes on a shared machine; page faults show the allocator handing memory back and forth
-    to the OS (large tensors, see --malloc-tuned)."""
+    to the OS (large tensors; train() keeps freed memory, see echo_lstm.training.keep_freed_memory)."""
     import resource
 
     return time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -470,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     from echo_lstm.model import EchoLSTM  # noqa: F401
 
     import_seconds = time.perf_counter() - t
-    malloc = tune_malloc() if a.malloc_tuned else "default malloc"
+    malloc = tune_malloc()
     with tempfile.TemporaryDirectory(prefix="echo-lstm-bench-") as tmp_name:
         tmp = Path(tmp_name)
         defaults = compose([], tmp / "defaults")

@@ -76,7 +76,8 @@ def ok():
     """Assert a subprocess run succeeded, showing its output if not."""
 
     def check(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-        assert proc.returncode == 0, f"exit {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
+        output = f"STDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
+        assert proc.returncode == 0, f"exit {proc.returncode}\n{output}"
         return proc
 
     return check

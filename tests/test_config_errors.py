@@ -125,7 +125,8 @@ PREPARED = [
 def test_bad_resume_checkpoint_or_output_fails_cleanly(name, make, expected, tmp_path):
     overrides = make(tmp_path)
     multirun = overrides[0] == "-m"
-    run_dir = None if multirun or any(o.startswith(("hydra.run.dir", "resume")) for o in overrides) else tmp_path / "run"
+    sets_dir = any(o.startswith(("hydra.run.dir", "resume")) for o in overrides)
+    run_dir = None if multirun or sets_dir else tmp_path / "run"
     proc = run_train(*overrides[multirun:], run_dir=run_dir, cwd=tmp_path, timeout=120, multirun=multirun)
     message = proc.stdout + proc.stderr
     assert proc.returncode == 2, message

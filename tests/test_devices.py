@@ -84,7 +84,7 @@ def test_multirun_of_ddp_jobs_gives_each_job_its_own_dir(tmp_path, ok):
     ok(run_train("layers=1,2", *SMALL, *DDP2, f"hydra.sweep.dir={sweep}", multirun=True))
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert [j.name for j in jobs] == ["0_layers=1", "1_layers=2"]
-    for job, layers in zip(jobs, (1, 2)):
+    for job, layers in zip(jobs, (1, 2), strict=True):
         assert len(event_files(job)) == 1
         assert (job / "checkpoints" / "last.ckpt").is_file()
         ckpt = torch.load(job / "checkpoints" / "last.ckpt", weights_only=False)

@@ -64,6 +64,7 @@ def test_direct_and_lightning_optimizer_paths_are_bitwise_identical(tmp_path):
     # One process at full precision runs each chunk's backward/step directly; model.per_chunk_hooks=true
     # runs them through Lightning's manual_backward/LightningOptimizer.step. Same numbers, same step count.
     from conftest import TINY
+
     from echo_lstm.training import train
 
     results = []

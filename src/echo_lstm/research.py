@@ -38,8 +38,9 @@ class StepsToEcho(Callback):
 
     The boundary accuracy is the hard part of the echo (its targets lie in the previous chunk), so this is
     the step at which the carried state has learned it. It is read from `train/boundary_acc`, which the
-    model returns (and logs) once per training batch as the mean over the batch's chunks; the window is therefore made of
-    whole batches, each weighted by its chunks (rounded up to whole batches), and counts once it is full.
+    model returns (and logs) once per training batch as the mean over the batch's chunks; the window is
+    therefore made of whole batches, each weighted by its chunks (rounded up to whole batches), and counts
+    once it is full.
 
     Early stopping races this test: validation (the model after a batch) usually confirms the echo before
     the training accuracy (predictions made *while* learning, during the batch) does, and then training

@@ -33,6 +33,25 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*`isinstance\\(treespec, LeafSpec\\)`.*")
 
 
+def keep_freed_memory() -> bool:
+    """glibc only: serve allocations from the heap and keep freed memory (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD).
+
+    By default glibc maps every block above a threshold with mmap and unmaps it when freed, so each large
+    tensor of each chunk costs fresh page faults: at 256 streams x state 64 that was a third of the time
+    (benchmarks/throughput.py). A training process reuses the same sizes every step, so keeping the
+    memory is the right trade. Returns whether it took effect.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return libc.mallopt(m_mmap_threshold, 1 << 30) == 1 and libc.mallopt(m_trim_threshold, 1 << 30) == 1
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        return False
+
+
 def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as flat `a.b.c -> scalar` pairs for TensorBoard's HParams tab."""
     out: dict[str, Any] = {}
@@ -116,6 +135,7 @@ def train(cfg: DictConfig) -> float | None:
     from echo_lstm.research import job_threads
 
     started = time.perf_counter()
+    keep_freed_memory()
     threads = job_threads(cfg.threads)  # capped per job in a parallel (joblib) sweep
     if threads > 0:
         torch.set_num_threads(threads)
