@@ -38,8 +38,8 @@ def test_experiment_composes_and_trains(name, tmp_path):
     assert full.data.total_series_length == 50000 and full.optimizer.name == "adagrad"
     assert full.optimizer.lr == 0.3 and full.model.state_size == 4 and full.trainer.max_epochs == 100
     assert full.callbacks.early_stopping.stopping_threshold is None  # all 100 epochs, as the tutorial
-    expected = {"part1_rnn": ("rnn", 1, 0.0), "part3_lstm": ("lstm", 1, 0.0),
-                "part4_stacked_lstm": ("lstm", 3, 0.0), "part6_dropout": ("lstm", 3, 0.5)}[name]
+    expected = {"tutorial_part1": ("rnn", 1, 0.0), "tutorial_part3": ("lstm", 1, 0.0),
+                "tutorial_part4": ("lstm", 3, 0.0), "tutorial_part6": ("lstm", 3, 0.5)}[name]
     assert (full.model.cell, full.layers, full.model.dropout) == expected
 
     cfg = compose(f"experiment={name}", *TINY, "trainer.max_epochs=1", "figure.every_n_steps=0",
@@ -54,7 +54,7 @@ def test_experiment_composes_and_trains(name, tmp_path):
 
 
 def test_tutorial_parity_sets_tensorflow_details():
-    cfg = compose("experiment=part4_stacked_lstm", "tutorial_parity=tensorflow")
+    cfg = compose("experiment=tutorial_part4", "tutorial_parity=tensorflow")
     assert cfg.model.forget_bias == 1.0 and cfg.optimizer.initial_accumulator_value == 0.1
     assert compose().model.forget_bias == 0.0  # off by default
     from echo_lstm import EchoLSTM

@@ -100,7 +100,7 @@ class FigureConfig:
     streams: int = 5  # draw at most this many streams
     width: int = 900  # pixels
     height: int = 500  # pixels
-    background: bool = True  # draw in a background thread, off the training loop
+    background: bool = True  # draw in a worker process, off the training loop (false: inline)
 
 
 @dataclass
