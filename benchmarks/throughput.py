@@ -534,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
             print("train.py, in subprocesses:")
             for line in cli_timings(tmp / "cli", a.repeats):
                 print("  " + line, flush=True)
+    print(f"\nbenchmark wall time {time.perf_counter() - t:.0f} s")
     return 0
 
 
