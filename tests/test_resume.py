@@ -17,11 +17,11 @@ from conftest import REPO, run_train, scalars
 
 pytestmark = pytest.mark.slow
 
-# Long enough to be killed mid-run (3 epochs of 266 chunks, ~3 s of training), with dropout so that the
+# Long enough to be killed mid-run (6 epochs of 266 chunks, ~2-3 s of training), with dropout so that the
 # RNG state matters too, and early stopping off so every run ends at the same step.
 LONG = [
     "data.total_series_length=20000",
-    "trainer.max_epochs=3",
+    "trainer.max_epochs=6",
     "model.dropout=0.1",
     "checkpoint.every_n_steps=40",
     "callbacks.early_stopping=null",
@@ -88,38 +88,37 @@ def assert_same_tensorboard_steps(resumed: Path, uninterrupted: Path) -> None:
         assert [v for _, v in got[tag]] == pytest.approx([v for _, v in want[tag]], abs=1e-6), tag
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_sigkill_anywhere_then_resume_is_exact(tmp_path, reference, seed):
-    run_dir = tmp_path / "run"
-    proc = start(*LONG, run_dir=run_dir)
+def kill_and_resume(run_dir: Path, overrides: list[str], delay: float) -> int:
+    """Start a run, SIGKILL its whole process group `delay` s after its first checkpoint, resume it.
+
+    Returns the step of the checkpoint the resume started from."""
+    proc = start(*overrides, run_dir=run_dir)
     wait_for_checkpoint(proc, run_dir)
-    time.sleep(random.Random(seed).uniform(0.0, 1.5))  # a seeded kill point after the first checkpoint
-    os.killpg(proc.pid, signal.SIGKILL)  # power loss: no handler runs
+    time.sleep(delay)
+    os.killpg(proc.pid, signal.SIGKILL)  # power loss, every rank at once: no handler runs
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     killed_at = final(run_dir)["global_step"]
-
     resumed = run_train("resume=" + str(run_dir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return killed_at
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sigkill_anywhere_then_resume_is_exact(tmp_path, reference, seed):
+    run_dir = tmp_path / "run"
+    killed_at = kill_and_resume(run_dir, LONG, random.Random(seed).uniform(0.0, 1.0))  # a seeded kill point
     want = reference("long", LONG)
     diff = max_difference(final(run_dir), final(want))
     print(f"kill point {seed}: checkpoint at step {killed_at}, max |difference| after resume {diff}")
-    assert final(run_dir)["global_step"] == final(want)["global_step"] == 798
+    assert final(run_dir)["global_step"] == final(want)["global_step"] == 6 * 266
     assert diff == 0.0  # bitwise on CPU
     assert_same_tensorboard_steps(run_dir, want)
 
 
 def test_sigkill_under_ddp_then_resume_is_exact(tmp_path, reference):
     run_dir = tmp_path / "run"
-    proc = start(*LONG_DDP, run_dir=run_dir)
-    wait_for_checkpoint(proc, run_dir)
-    time.sleep(random.Random(7).uniform(0.5, 2.0))
-    os.killpg(proc.pid, signal.SIGKILL)  # every rank at once
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = final(run_dir)["global_step"]
-    resumed = run_train("resume=" + str(run_dir))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    killed_at = kill_and_resume(run_dir, LONG_DDP, random.Random(7).uniform(0.5, 1.5))
     want = reference("long_ddp", LONG_DDP)
     diff = max_difference(final(run_dir), final(want))
     print(f"DDP kill: checkpoint at step {killed_at}, max |difference| after resume {diff}")

@@ -67,6 +67,7 @@ class EchoCheckpoint(ModelCheckpoint):
     def __init__(self, every_n_steps: int = 0, **kwargs: Any):
         super().__init__(**kwargs)
         self.every_n_steps = every_n_steps
+        self._saved_before_validation_at = -1
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kw: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kw)
@@ -78,7 +79,19 @@ class EchoCheckpoint(ModelCheckpoint):
         if (crossed or final) and step > self._last_global_step_saved:
             self.save_last_now(trainer)
 
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._saved_before_validation_at == trainer.global_step == self._last_global_step_saved:
+            # last.ckpt of this step was written before this validation ran: write it again after it (and
+            # let top-k see the new metric), so that a resume neither skips nor repeats this validation.
+            self._last_global_step_saved = -1
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer):
+            # Lightning 2.6 writes last.ckpt at a validation only along with a new best; here: always.
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
     def save_last_now(self, trainer: pl.Trainer) -> None:
+        """Write last.ckpt now, at the end of a training batch."""
+        self._saved_before_validation_at = trainer.global_step
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
