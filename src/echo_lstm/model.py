@@ -168,7 +168,8 @@ class EchoLSTM(pl.LightningModule):
         self.train_state = self._pack(hidden)
         preds = torch.stack(logits_seen).argmax(-1)
         loss = losses.mean()
-        metrics = self._log_block("train", loss, preds, y, batch["chunk0"], batch_idx)
+        metrics = self._block_metrics("train", loss, preds, y, batch["chunk0"])
+        self._log_train(metrics, batch_idx)
         self.last_train_metrics = metrics  # tensors, read (copied to the host) only at the end of a run
         # For callbacks: the block's metrics (steps_to_echo, progress bar) and its last chunk, as the
         # tutorial draws it (figure). References only: no copies, no syncs.
@@ -206,32 +207,26 @@ class EchoLSTM(pl.LightningModule):
 
         return direct_step
 
-    def _log_block(self, stage: str, loss, preds, y, first_chunk: int, batch_idx: int = 0) -> dict[str, torch.Tensor]:
+    def _block_metrics(self, stage: str, loss, preds, y, first_chunk: int) -> dict[str, torch.Tensor]:
+        """Loss, accuracy and boundary accuracy of a block of chunks [chunks, streams, T], on the device."""
         n_chunks, _, T = y.shape
         valid, boundary = position_masks(first_chunk, n_chunks, T, self.hparams.echo_step, y.device)
         correct = preds == y
-        metrics = {
+        return {
             f"{stage}/loss": loss,
             f"{stage}/acc": masked_acc(correct, valid),
             f"{stage}/boundary_acc": masked_acc(correct, boundary),
         }
-        if stage == "train":
-            # Straight to the loggers, at x = global step (chunks), not through `self.log`: that costs ~0.7 ms
-            # a call here (~5% of a batch), and Lightning would write the values only after
-            # `on_train_batch_end`, where checkpoints are saved, so a run killed right after a save would lose
-            # this step's points. Callbacks and the progress bar read them from training_step's outputs.
-            if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
-                values = {k: float(v) for k, v in metrics.items()}  # one host copy per batch of chunks
-                for logger in self.loggers:
-                    logger.log_metrics(values, step=self.global_step)
-            return metrics
-        else:
-            metrics[f"{stage}/min_acc"] = torch.minimum(metrics[f"{stage}/acc"], metrics[f"{stage}/boundary_acc"])
-            self.log("val/boundary_acc", metrics.pop("val/boundary_acc"), on_step=False, on_epoch=True,
-                     sync_dist=True, prog_bar=True)
-            self.log_dict(metrics, on_step=False, on_epoch=True, sync_dist=True)
-            self.log("step", float(self.global_step), on_step=False, on_epoch=True, sync_dist=True)  # x = chunks
-            return metrics
+
+    def _log_train(self, metrics: dict[str, torch.Tensor], batch_idx: int) -> None:
+        # Straight to the loggers, at x = global step (chunks), not through `self.log`: that costs ~0.7 ms a
+        # call here (~5% of a batch), and Lightning would write the values only after `on_train_batch_end`,
+        # where checkpoints are saved, so a run killed right after a save would lose this step's points.
+        # Callbacks and the progress bar read them from training_step's outputs.
+        if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
+            values = {k: float(v) for k, v in metrics.items()}  # one host copy per batch of chunks
+            for logger in self.loggers:
+                logger.log_metrics(values, step=self.global_step)
 
     # ---------------------------------------------------------------- validation
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -244,7 +239,12 @@ class EchoLSTM(pl.LightningModule):
         streams, length = y.shape
         as_chunks = y.reshape(streams, length // T, T).transpose(0, 1)
         preds = logits.argmax(-1).reshape(streams, length // T, T).transpose(0, 1)
-        self._log_block("val", loss, preds, as_chunks, 0)
+        metrics = self._block_metrics("val", loss, preds, as_chunks, 0)
+        metrics["val/min_acc"] = torch.minimum(metrics["val/acc"], metrics["val/boundary_acc"])  # early stopping
+        # Reduced over processes (each validates its own streams); x axis = global step, as for train/*.
+        self.log("val/boundary_acc", metrics.pop("val/boundary_acc"), on_epoch=True, sync_dist=True, prog_bar=True)
+        self.log_dict(metrics, on_epoch=True, sync_dist=True)
+        self.log("step", float(self.global_step), on_epoch=True, sync_dist=True)
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
