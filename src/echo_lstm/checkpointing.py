@@ -129,9 +129,9 @@ def check_resume(resume: str, run_dir: Path, original_overrides: list[str] | Non
         raise ConfigError("resume", resume, f"holds no checkpoint ({LAST} is missing): nothing to resume")
     if original_overrides is None:
         raise ConfigError("resume", resume, "is not a run directory of this app (.hydra/overrides.yaml is missing)")
-    original = dict(_split(o) for o in original_overrides)
+    original = dict(split_override(o) for o in original_overrides)
     for override in new_overrides:
-        key, value = _split(override)
+        key, value = split_override(override)
         if key.startswith(RESUMABLE_OVERRIDES) or key in RESUMABLE_OVERRIDES or original.get(key) == value:
             continue
         was = original.get(key, "its default")
@@ -139,15 +139,16 @@ def check_resume(resume: str, run_dir: Path, original_overrides: list[str] | Non
                                       "experiment; start a new run instead")
 
 
-def _split(override: str) -> tuple[str, str]:
+def split_override(override: str) -> tuple[str, str]:
+    """`+key=value` / `~key=value` / `key=value` -> (key, value)."""
     key, _, value = override.partition("=")
     return key.lstrip("+~"), value
 
 
 def merged_overrides(original: list[str], new: list[str]) -> list[str]:
     """The original run's overrides, updated by the new ones (same key: the new value wins)."""
-    merged = {_split(o)[0]: o for o in original}
-    merged.update({_split(o)[0]: o for o in new})
+    merged = {split_override(o)[0]: o for o in original}
+    merged.update({split_override(o)[0]: o for o in new})
     return list(merged.values())
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from echo_lstm.checkpointing import check_resume
+from echo_lstm.checkpointing import check_resume, split_override
 from echo_lstm.config import ConfigError, validate
 
 
@@ -90,7 +90,7 @@ def sweep_job_name(num: int, overrides: Any) -> str:
     items = [str(o) for o in overrides]
     if swept is not None:
         keys = set(swept.split(",")) - {""}
-        items = [o for o in items if o.split("=", 1)[0].lstrip("+~") in keys]
+        items = [o for o in items if split_override(o)[0] in keys]
     name = f"{num}_{','.join(items)}" if items else str(num)
     if len(name) > 120:
         name = f"{name[:110]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
