@@ -104,6 +104,43 @@ def kill_and_resume(run_dir: Path, overrides: list[str], delay: float) -> int:
     return killed_at
 
 
+@pytest.mark.filterwarnings("ignore:Checkpoint directory")
+def test_a_checkpoint_at_a_validation_step_is_written_after_that_validation(tmp_path):
+    """Lightning resumes a checkpoint written between a batch and its validation without that validation,
+    so a kill in between would lose the point for good (it happened in CI under DDP): never save there."""
+    import pytorch_lightning as pl
+
+    from echo_lstm import EchoLSTM
+    from echo_lstm.callbacks import EchoCheckpoint, FinalValidation
+    from echo_lstm.data import EchoDataModule
+
+    events = []
+
+    class Order(pl.Callback):  # runs before the checkpoint callback, which Lightning calls last
+        def on_validation_end(self, trainer, pl_module):
+            events.append(("validate", trainer.global_step))
+
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+            events.append(("save", trainer.global_step))
+
+    checkpoint = EchoCheckpoint(every_n_steps=4, dirpath=tmp_path, monitor="val/boundary_acc", mode="max",
+                                save_last=True)  # a cadence that falls due at every batch of 4 chunks
+    trainer = pl.Trainer(max_epochs=2, val_check_interval=2, num_sanity_val_steps=0, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[Order(), FinalValidation(), checkpoint])
+    data = EchoDataModule(total_series_length=600, batch_size=2, truncated_backprop_length=5,
+                          chunks_per_batch=4, val_series_length=100)
+    trainer.fit(EchoLSTM(layers=1, truncated_backprop_length=5), datamodule=data)
+
+    validated = [step for event, step in events if event == "validate"]
+    saved = {step for event, step in events if event == "save"}
+    assert validated[:3] == [8, 16, 24] and validated[-1] == 120  # every 2 batches, epoch ends, final
+    for step in validated:
+        assert step in saved and events.index(("validate", step)) < events.index(("save", step)), (step, events)
+    assert {4, 12, 20} <= saved  # the cadence still saves between validations
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 120
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_sigkill_anywhere_then_resume_is_exact(tmp_path, reference, seed):
     run_dir = tmp_path / "run"

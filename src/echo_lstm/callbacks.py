@@ -41,6 +41,15 @@ def is_final_batch(trainer: pl.Trainer) -> bool:
     )
 
 
+def validation_follows(trainer: pl.Trainer) -> bool:
+    """Whether Lightning validates right after the training batch that just ended, by its own test.
+
+    A `last.ckpt` written between that batch and its validation would be resumed without the validation
+    (Lightning skips one pending at a batch-end checkpoint), so saves wait for the validation's end."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    return not epoch_loop._skip_next_val and epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
+
+
 class FinalValidation(pl.Callback):
     """Validate after the last training batch too, so every run ends with `val/*` of its final weights.
 
@@ -73,16 +82,16 @@ class EchoCheckpoint(ModelCheckpoint):
         super().on_train_batch_end(trainer, pl_module, *args, **kw)
         n, step = self.every_n_steps, trainer.global_step
         crossed = n and step // n > self._last_global_step_saved // n
-        # At the final batch, a validation follows when `should_stop` is set (FinalValidation, early
-        # stopping), and saves when it ends; otherwise save here.
-        final = is_final_batch(trainer) and not trainer.should_stop
-        if (crossed or final) and step > self._last_global_step_saved:
+        # When a validation follows this batch (at a val_check_interval, or the final batch: FinalValidation),
+        # it saves when it ends; otherwise save here.
+        due = crossed or is_final_batch(trainer)
+        if due and step > self._last_global_step_saved and not validation_follows(trainer):
             self.save_last_now(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._saved_before_validation_at == trainer.global_step == self._last_global_step_saved:
-            # last.ckpt of this step was written before this validation ran: write it again after it (and
-            # let top-k see the new metric), so that a resume neither skips nor repeats this validation.
+            # last.ckpt of this step was written before this validation ran (a validation that
+            # `validation_follows` did not foresee, e.g. a time-based val_check_interval): write it again.
             self._last_global_step_saved = -1
         super().on_validation_end(trainer, pl_module)
         if not self._should_skip_saving_checkpoint(trainer):
@@ -159,8 +168,8 @@ class GracefulStop(pl.Callback):
         if requested is None:
             return
         checkpoint = trainer.checkpoint_callback
-        if isinstance(checkpoint, EchoCheckpoint):
-            checkpoint.save_last_now(trainer)
+        if isinstance(checkpoint, EchoCheckpoint) and not validation_follows(trainer):
+            checkpoint.save_last_now(trainer)  # else the validation that follows saves
         self._stop_at_next_batch = requested
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
