@@ -42,10 +42,7 @@ def is_final_batch(trainer: pl.Trainer) -> bool:
 
 
 def validation_follows(trainer: pl.Trainer) -> bool:
-    """Whether Lightning validates right after the training batch that just ended, by its own test.
-
-    A `last.ckpt` written between that batch and its validation would be resumed without the validation
-    (Lightning skips one pending at a batch-end checkpoint), so saves wait for the validation's end."""
+    """Whether Lightning validates right after the training batch that just ended, by its own test."""
     epoch_loop = trainer.fit_loop.epoch_loop
     return not epoch_loop._skip_next_val and epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
 
@@ -76,32 +73,27 @@ class EchoCheckpoint(ModelCheckpoint):
     def __init__(self, every_n_steps: int = 0, **kwargs: Any):
         super().__init__(**kwargs)
         self.every_n_steps = every_n_steps
-        self._saved_before_validation_at = -1
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any, **kw: Any) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kw)
         n, step = self.every_n_steps, trainer.global_step
         crossed = n and step // n > self._last_global_step_saved // n
-        # When a validation follows this batch (at a val_check_interval, or the final batch: FinalValidation),
-        # it saves when it ends; otherwise save here.
-        due = crossed or is_final_batch(trainer)
-        if due and step > self._last_global_step_saved and not validation_follows(trainer):
-            self.save_last_now(trainer)
+        if crossed or is_final_batch(trainer):
+            self.save_last_at_batch_end(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._saved_before_validation_at == trainer.global_step == self._last_global_step_saved:
-            # last.ckpt of this step was written before this validation ran (a validation that
-            # `validation_follows` did not foresee, e.g. a time-based val_check_interval): write it again.
-            self._last_global_step_saved = -1
         super().on_validation_end(trainer, pl_module)
         if not self._should_skip_saving_checkpoint(trainer):
             # Lightning 2.6 writes last.ckpt at a validation only along with a new best; here: always.
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
-    def save_last_now(self, trainer: pl.Trainer) -> None:
-        """Write last.ckpt now, at the end of a training batch."""
-        self._saved_before_validation_at = trainer.global_step
-        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+    def save_last_at_batch_end(self, trainer: pl.Trainer) -> None:
+        """Write last.ckpt at the end of a training batch, unless a validation follows: then its end saves.
+
+        Lightning resumes a checkpoint written between a batch and its validation without that validation,
+        so a kill in between would lose it for good."""
+        if trainer.global_step > self._last_global_step_saved and not validation_follows(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
         # Flush the event files first: everything logged up to this step is on disk before the checkpoint
@@ -168,8 +160,8 @@ class GracefulStop(pl.Callback):
         if requested is None:
             return
         checkpoint = trainer.checkpoint_callback
-        if isinstance(checkpoint, EchoCheckpoint) and not validation_follows(trainer):
-            checkpoint.save_last_now(trainer)  # else the validation that follows saves
+        if isinstance(checkpoint, EchoCheckpoint):
+            checkpoint.save_last_at_batch_end(trainer)
         self._stop_at_next_batch = requested
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
