@@ -1,179 +1,196 @@
-"""Typed config schema and value checks.
+"""The typed config schema and the value checks that run before anything heavy is imported.
 
-Hydra composes `conf/train.yaml` on top of `TrainConfig` (registered in the ConfigStore as
-`train_schema`), so a wrong *type* (`layers=abc`) or an unknown key (`layerz=5`) is refused by Hydra
-itself. `validate` then checks *values* (ranges, cross-field rules) before anything heavy is imported.
+Hydra composes `conf/train.yaml` on top of `TrainConfig` (registered as `train_schema`), so a wrong *type*
+(`layers=abc`) or an unknown key (`layerz=5`) is refused while composing, and `validate` checks *values*
+(ranges, cross-field rules). The YAML files under `conf/` are the one home of the defaults; the dataclasses
+here give the types (MISSING: the YAML must set it). Config groups whose options build objects by `_target_`
+(`model.net`, `optimizer`, `logger`, `callbacks`) are typed `Any` here and checked in `validate`.
 
-This module must stay light: it is imported for `--help`, `--cfg` and config errors, which must answer
-fast, so no torch / Lightning imports here.
+Must stay light (no torch / Lightning): it serves `--help`, `--cfg` and config errors, which answer fast.
 """
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass, field
+import math
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
-from omegaconf import II, MISSING
+from omegaconf import MISSING
 
+from echo_lstm import metrics
+from echo_lstm.errors import ConfigError
+from echo_lstm.models.cells import CELLS
 
-class ConfigError(ValueError):
-    """A user-facing config mistake: one line naming the key, the value and what is allowed."""
-
-    def __init__(self, key: str, value: Any, allowed: str):
-        self.key, self.value, self.allowed = key, value, allowed
-        super().__init__(f"{key}={value!r} is invalid: {allowed}")
-
-    def __reduce__(self) -> tuple:
-        # Picklable with its own arguments: a joblib worker sends a failed job's error back to the sweep.
-        return (ConfigError, (self.key, self.value, self.allowed))
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 @dataclass
 class DataConfig:
-    total_series_length: int = 50000  # training bits per epoch, over all streams
-    batch_size: int = 5  # number of parallel streams (global, over all processes)
-    truncated_backprop_length: int = 15  # steps per chunk; one optimizer step per chunk
-    echo_step: int = 3  # target = input delayed by this many steps
-    chunks_per_batch: int = 64  # chunks handed to one training_step (see model.py: why)
-    val_series_length: int = 10000  # validation bits, over all streams; fixed series
-    seed: int = II("seed")
+    _target_: str = MISSING
+    total_series_length: int = MISSING  # training bits per epoch, over all streams
+    batch_size: int = MISSING  # parallel streams (global, over all processes)
+    truncated_backprop_length: int = MISSING  # steps per chunk; one optimizer step per chunk
+    echo_step: int = MISSING  # target = input delayed by this many steps
+    chunks_per_batch: int = MISSING  # chunks handed to one training_step
+    val_series_length: int = MISSING  # fixed validation bits, over all streams
+    seed: int = MISSING
 
 
 @dataclass
 class ModelConfig:
-    cell: str = "lstm"  # lstm | gru | rnn
-    layers: int = II("layers")
-    state_size: int = 4
-    dropout: float = 0.0  # on each layer's output (tutorial part 6 uses 0.5)
-    forget_bias: float = 0.0  # TensorFlow's LSTMCell adds 1.0 (tutorial_parity)
-    per_chunk_hooks: bool = False  # run every chunk through Lightning's backward/step hooks (slower)
-
-
-@dataclass
-class OptimizerConfig:
-    name: str = "adagrad"  # adagrad | adam | sgd
-    lr: float = 0.3
-    initial_accumulator_value: float = 0.0  # Adagrad only; TensorFlow starts at 0.1
-    weight_decay: float = 0.0
-    momentum: float = 0.0  # SGD only
-    eps: float = 1e-10
+    _target_: str = MISSING
+    net: Any = MISSING  # the recurrent network, built by `_target_` (echo_lstm.models.net.StackedRNN)
+    carry_state: bool = MISSING  # false: the state is reset to zeros at every training chunk
+    per_chunk_hooks: bool = MISSING  # every chunk through Lightning's backward/step hooks (slower)
+    echo_step: int = MISSING
+    truncated_backprop_length: int = MISSING
 
 
 @dataclass
 class DeviceConfig:
-    accelerator: str = "cpu"  # cpu | gpu | auto
-    devices: Any = 1  # int >= 1, or "auto"
-    strategy: str = "auto"  # auto | ddp | ddp_spawn | ...
-    num_nodes: int = 1
-    precision: str = "32-true"  # 32-true | 16-mixed | bf16-mixed
+    accelerator: str = MISSING  # cpu | gpu | auto
+    devices: Any = MISSING  # int >= 1, or "auto"
+    strategy: str = MISSING  # auto | ddp | ddp_spawn
+    num_nodes: int = MISSING
+    precision: str = MISSING  # 32-true | 16-mixed | bf16-mixed | ...
     process_group_backend: Any = None  # gloo | nccl | None (Lightning's default)
 
 
 @dataclass
 class TrainerConfig:
-    """Passed through to `pytorch_lightning.Trainer` (the keys are its argument names)."""
+    """Every argument of `pytorch_lightning.Trainer` that this app does not own elsewhere (see OWNED), with
+    Lightning's own defaults; `conf/trainer/default.yaml` sets this app's. `tests/test_compat.py` checks the
+    list against the installed Trainer's signature."""
 
-    max_epochs: int = 100
-    max_steps: int = -1  # counted in optimizer steps, i.e. chunks
-    val_check_interval: int = 2  # validate every N training batches (N * chunks_per_batch chunks)
-    check_val_every_n_epoch: int = 1
-    log_every_n_steps: int = 1  # in training batches
-    num_sanity_val_steps: int = 0
-    enable_progress_bar: bool = True
-    enable_model_summary: bool = False
+    fast_dev_run: Any = False
+    max_epochs: Any = None
+    min_epochs: Any = None
+    max_steps: int = -1  # counted in optimizer steps, i.e. chunks (checked after each training batch)
+    min_steps: Any = None
+    max_time: Any = None
+    limit_train_batches: Any = None
     limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    limit_predict_batches: Any = None
+    overfit_batches: Any = 0.0
+    val_check_interval: Any = None  # training batches between validations (or a fraction of an epoch)
+    check_val_every_n_epoch: Any = 1
+    num_sanity_val_steps: Any = None
+    log_every_n_steps: Any = None  # in training batches
+    enable_checkpointing: Any = None
+    enable_progress_bar: Any = None
+    enable_model_summary: Any = None
+    accumulate_grad_batches: int = 1  # refused unless 1: one optimizer step per chunk is the method
+    gradient_clip_val: Any = None  # applied per chunk by the model (manual optimization), as Lightning would
+    gradient_clip_algorithm: Any = None  # norm | value
     deterministic: Any = None
+    benchmark: Any = None
+    inference_mode: bool = True
     profiler: Any = None
+    detect_anomaly: bool = False
+    barebones: bool = False
+    sync_batchnorm: bool = False
+    reload_dataloaders_every_n_epochs: int = 0
+    enable_autolog_hparams: bool = True
+    model_registry: Any = None
+
+
+# Trainer arguments this app sets itself, and where a user sets them instead.
+OWNED = {
+    "accelerator": "device.accelerator (the device config group: device=cpu|gpu|...)",
+    "devices": "device.devices (the device config group)",
+    "strategy": "device.strategy (the device config group: device=ddp_cpu|multi_gpu)",
+    "num_nodes": "device.num_nodes (the device config group)",
+    "precision": "device.precision (the device config group)",
+    "logger": "the logger config group (logger=tensorboard|csv|many_loggers|wandb|mlflow)",
+    "callbacks": "the callbacks config group (callbacks=default|none, callbacks.<name>.*)",
+    "plugins": "this app (it installs atomic checkpoint writes)",
+    "default_root_dir": "hydra.run.dir (each run writes into its own run dir)",
+    "use_distributed_sampler": "this app (the streams are sharded by the data module, never by a sampler)",
+}
 
 
 @dataclass
 class CheckpointConfig:
-    every_n_steps: int = 1000  # also saved at each validation and at the end
+    every_n_steps: int = MISSING  # last.ckpt cadence in optimizer steps; also at each validation and the end
 
 
 @dataclass
 class FigureConfig:
-    """The tutorial's figure (loss so far; input, target, prediction bars per stream) in TensorBoard."""
-
-    every_n_steps: int = 100  # draw every N chunks (optimizer steps); 0 = never
-    streams: int = 5  # draw at most this many streams
-    width: int = 900  # pixels
-    height: int = 500  # pixels
-    background: bool = True  # draw in a worker process, off the training loop (false: inline)
+    every_n_steps: int = MISSING  # the tutorial's figure every N chunks and at the last step; 0 = never
+    streams: int = MISSING  # draw at most this many streams
+    width: int = MISSING  # pixels
+    height: int = MISSING
 
 
 @dataclass
 class StepsToEchoConfig:
-    window: int = 32  # chunks in the moving window of train/boundary_acc (rounded up to whole batches)
+    window: int = MISSING  # chunks in the moving window of train/boundary_acc
 
 
 @dataclass
 class TrainConfig:
-    layers: int = 3
-    seed: int = 1234
-    target_acc: float = 0.999  # stop once val/acc and val/boundary_acc reach this
-    threads: int = 1  # torch intra-op threads per process; 0 = torch default
-    optimized_metric: str = "val/boundary_acc"  # what train.py returns, for Hydra sweepers
-    resume: str | None = None  # a run dir (or "latest") to continue exactly where it stopped
-    ckpt_path: str | None = None  # start a new run from this checkpoint (Lightning-style resume)
-    run_dir: str = MISSING  # where everything of a run is written (Hydra's output dir)
+    layers: int = MISSING
+    seed: int = MISSING
+    target_acc: float = MISSING
+    threads: int = MISSING
+    optimized_metric: str = MISSING
+    resume: Any = None  # a run dir (or "latest"): handled before Hydra composes (echo_lstm.resume)
+    ckpt_path: Any = None  # a new run that starts from this checkpoint's weights and optimizer
+    run_dir: str = MISSING
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    optimizer: Any = MISSING  # `_target_` + `_partial_: true`: torch.optim.<Name>(params, **rest)
     device: DeviceConfig = field(default_factory=DeviceConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     figure: FigureConfig = field(default_factory=FigureConfig)
     steps_to_echo: StepsToEchoConfig = field(default_factory=StepsToEchoConfig)
-    logger: Any = None  # `_target_` nodes, instantiated by Hydra
+    logger: Any = None
     callbacks: Any = None
+
+
+@dataclass
+class StackedRNNConfig:
+    """The parameters of `echo_lstm.models.net.StackedRNN` (`model.net`), for typed checks in `validate`."""
+
+    _target_: str = "echo_lstm.models.net.StackedRNN"
+    cell: str = MISSING
+    layers: int = MISSING
+    state_size: int = MISSING
+    dropout: float = MISSING
+    forget_bias: float = MISSING
+
+
+STACKED_RNN = StackedRNNConfig._target_
 
 
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
-    from echo_lstm.checkpointing import resume_dir
-
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-    if not OmegaConf.has_resolver("resume_dir"):
-        from echo_lstm.preflight import sweep_job_name
+    if not OmegaConf.has_resolver("sweep_job_name"):
+        from echo_lstm.sweeps.naming import sweep_job_name
 
-        OmegaConf.register_new_resolver("resume_dir", resume_dir)
         OmegaConf.register_new_resolver("sweep_job_name", sweep_job_name)
-        OmegaConf.register_new_resolver(
-            "resume_subdir", lambda resume, now: ".hydra" if resume is None else f".hydra/resumed-{now}"
-        )
-    require_optional_plugins(sys.argv[1:])
 
 
-# Optional Hydra plugins: (override prefixes that select it, its module, how to install it).
-OPTIONAL_PLUGINS = [
-    (("hparams_search=optuna", "hydra/sweeper=optuna"), "hydra_plugins.hydra_optuna_sweeper",
-     'pip install -e ".[optuna]"  (the Optuna sweeper, hydra-optuna-sweeper)'),
-]
+def config_groups() -> dict[str, list[str]]:
+    """The app's config groups and their options, from conf/ (e.g. {"optimizer": ["adagrad", "adam", ...]})."""
+    groups = {}
+    for directory in sorted(p for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra"):
+        groups[directory.name] = sorted(p.stem for p in directory.glob("*.yaml"))
+    return groups
 
 
-def require_optional_plugins(argv: list[str]) -> None:
-    """Exit with one clear line when an override selects an optional plugin that is not installed
-    (Hydra's own message would only list the installed options)."""
-    import importlib.util
-
-    for prefixes, module, install in OPTIONAL_PLUGINS:
-        selected = [a for a in argv if a.lstrip("+~").startswith(prefixes)]
-        if selected and importlib.util.find_spec(module) is None:
-            print(f"error: {selected[0]} needs an optional plugin that is not installed: {install}",
-                  file=sys.stderr)
-            sys.exit(2)
-
-
-CELLS = ("lstm", "gru", "rnn")
-METRICS = ("val/boundary_acc", "val/acc", "val/loss", "val/min_acc", "train/steps_to_echo", "train/boundary_acc",
-           "train/acc", "train/loss")
-OPTIMIZERS = ("adagrad", "adam", "sgd")
-ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
-PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -181,87 +198,202 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(key, value, allowed)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_finite(cfg: Any) -> None:
+    """Refuse NaN and infinity anywhere in the config: no setting of this app means anything with them."""
+    from omegaconf import OmegaConf
+
+    def walk(node: Any, prefix: str) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            if isinstance(value, (dict, list)):
+                walk(value, f"{prefix}{key}.")
+            elif isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{prefix}{key}", value, "must be a finite number")
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+
+
 def validate(cfg: Any) -> list[str]:
     """Check every value; raise ConfigError on the first bad one, return warnings for odd-but-legal ones."""
-    d, m, o, dev, t = cfg.data, cfg.model, cfg.optimizer, cfg.device, cfg.trainer
+    check_finite(cfg)
+    d, m, dev, t = cfg.data, cfg.model, cfg.device, cfg.trainer
     _require(cfg.layers >= 1, "layers", cfg.layers, "must be an integer >= 1")
-    _require(m.state_size >= 1, "model.state_size", m.state_size, "must be an integer >= 1")
-    _require(m.cell in CELLS, "model.cell", m.cell, f"must be one of {', '.join(CELLS)}")
-    _require(0.0 <= m.dropout < 1.0, "model.dropout", m.dropout, "must be in [0, 1)")
+    _require(0 <= cfg.seed < 2**32, "seed", cfg.seed, "must be an integer in [0, 2**32 - 1]")
+    _require(0 < cfg.target_acc <= 1, "target_acc", cfg.target_acc, "must be in (0, 1]")
+    cores = available_cores()
+    _require(0 <= cfg.threads <= cores, "threads", cfg.threads,
+             f"must be between 0 (torch's default) and {cores}, the cores this process may use")
+    _require(cfg.optimized_metric in metrics.NAMES, "optimized_metric", cfg.optimized_metric,
+             f"must be one of the logged metrics: {', '.join(metrics.NAMES)}")
+    validate_data(d)
+    validate_net(m.net)
+    validate_optimizer(cfg.optimizer)
+    validate_trainer(t)
+    validate_monitors(cfg.callbacks)
+    _require(cfg.checkpoint.every_n_steps >= 0, "checkpoint.every_n_steps", cfg.checkpoint.every_n_steps,
+             "must be >= 0 (0 = only at validations and at the end)")
+    f = cfg.figure
+    _require(f.every_n_steps >= 0, "figure.every_n_steps", f.every_n_steps, "must be >= 0 (0 = no figure)")
+    _require(1 <= f.streams <= 64, "figure.streams", f.streams, "must be an integer in [1, 64]")
+    _require(100 <= f.width <= 4000, "figure.width", f.width, "must be in [100, 4000] (pixels)")
+    _require(100 <= f.height <= 4000, "figure.height", f.height, "must be in [100, 4000] (pixels)")
+    _require(cfg.steps_to_echo.window >= 1, "steps_to_echo.window", cfg.steps_to_echo.window,
+             "must be an integer >= 1 (chunks)")
+    world = validate_device(dev)
+    if world is not None:
+        _require(d.batch_size % world == 0, "data.batch_size", d.batch_size,
+                 f"must be divisible by the number of processes ({world} = device.devices * device.num_nodes): "
+                 "each process owns a fixed set of streams")
+    check_memory(cfg)
+    warnings = []
+    T = d.truncated_backprop_length
+    batches = -(-(d.total_series_length // d.batch_size // T) // d.chunks_per_batch)
+    if _is_int(t.val_check_interval) and t.val_check_interval > batches:
+        warnings.append(f"trainer.val_check_interval={t.val_check_interval} is more than the {batches} training "
+                        "batch(es) of an epoch: validating once per epoch instead")
+    if d.echo_step >= T:
+        warnings.append(f"data.echo_step={d.echo_step} >= data.truncated_backprop_length={T}: every target lies in "
+                        "an earlier chunk, beyond the reach of truncated backpropagation")
+    return warnings
+
+
+def validate_data(d: Any) -> None:
     _require(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be an integer >= 1 (number of streams)")
     T = d.truncated_backprop_length
     _require(T >= 1, "data.truncated_backprop_length", T, "must be an integer >= 1")
     _require(d.echo_step >= 0, "data.echo_step", d.echo_step, "must be an integer >= 0")
-    _require(
-        d.total_series_length // d.batch_size >= T,
-        "data.total_series_length",
-        d.total_series_length,
-        f"too short: needs at least batch_size * truncated_backprop_length = {d.batch_size * T} "
-        "for one chunk per stream",
-    )
-    _require(
-        d.val_series_length // d.batch_size >= T,
-        "data.val_series_length",
-        d.val_series_length,
-        f"too short: needs at least batch_size * truncated_backprop_length = {d.batch_size * T}",
-    )
     _require(d.chunks_per_batch >= 1, "data.chunks_per_batch", d.chunks_per_batch, "must be an integer >= 1")
-    _require(o.name in OPTIMIZERS, "optimizer.name", o.name, f"must be one of {', '.join(OPTIMIZERS)}")
-    _require(o.lr > 0, "optimizer.lr", o.lr, "must be > 0")
-    _require(
-        o.initial_accumulator_value >= 0,
-        "optimizer.initial_accumulator_value",
-        o.initial_accumulator_value,
-        "must be >= 0",
-    )
-    _require(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "must be >= 0")
-    _require(0 <= o.momentum < 1, "optimizer.momentum", o.momentum, "must be in [0, 1)")
-    _require(o.eps > 0, "optimizer.eps", o.eps, "must be > 0")
-    _require(0 < cfg.target_acc <= 1, "target_acc", cfg.target_acc, "must be in (0, 1]")
-    _require(cfg.optimized_metric in METRICS, "optimized_metric", cfg.optimized_metric,
-             f"must be one of the logged metrics: {', '.join(METRICS)}")
-    _require(cfg.threads >= 0, "threads", cfg.threads, "must be >= 0 (0 = torch's default)")
-    _require(t.max_epochs >= 1 or t.max_epochs == -1, "trainer.max_epochs", t.max_epochs, "must be >= 1 or -1")
-    _require(t.max_steps >= 1 or t.max_steps == -1, "trainer.max_steps", t.max_steps, "must be >= 1 or -1")
-    _require(t.val_check_interval >= 1, "trainer.val_check_interval", t.val_check_interval,
-             "must be an integer >= 1 (training batches between validations)")
-    _require(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", t.log_every_n_steps, "must be >= 1")
-    _require(cfg.checkpoint.every_n_steps >= 0, "checkpoint.every_n_steps", cfg.checkpoint.every_n_steps,
-             "must be >= 0 (0 = only at validation and at the end)")
-    f = cfg.figure
-    _require(f.every_n_steps >= 0, "figure.every_n_steps", f.every_n_steps, "must be >= 0 (0 = no figure)")
-    _require(f.streams >= 1, "figure.streams", f.streams, "must be an integer >= 1")
-    _require(f.width >= 100, "figure.width", f.width, "must be >= 100 (pixels)")
-    _require(f.height >= 100, "figure.height", f.height, "must be >= 100 (pixels)")
-    _require(cfg.steps_to_echo.window >= 1, "steps_to_echo.window", cfg.steps_to_echo.window,
-             "must be an integer >= 1 (chunks)")
+    for key, length in (("data.total_series_length", d.total_series_length),
+                        ("data.val_series_length", d.val_series_length)):
+        _require(length // d.batch_size >= T, key, length,
+                 f"too short: needs at least batch_size * truncated_backprop_length = {d.batch_size * T} "
+                 "for one chunk per stream")
+        stream = length // d.batch_size // T * T
+        _require(d.echo_step < stream, "data.echo_step", d.echo_step,
+                 f"must be shorter than a stream ({stream} steps of {key}={length} over {d.batch_size} "
+                 "streams): no target would echo an input")
+
+
+def validate_net(net: Any) -> None:
+    from omegaconf import OmegaConf
+
+    if OmegaConf.select(net, "_target_") != STACKED_RNN:
+        return  # another network: its own constructor checks its arguments
+    try:
+        n = OmegaConf.merge(OmegaConf.structured(StackedRNNConfig), net)
+    except Exception as error:  # a wrong type or an unknown key under model.net
+        key = getattr(error, "full_key", "") or "?"
+        value = getattr(error, "value", None)
+        raise ConfigError(f"model.net.{key}", value, "does not fit echo_lstm.models.net.StackedRNN "
+                          f"({', '.join(f.name for f in fields(StackedRNNConfig)[1:])})") from None
+    _require(n.cell in CELLS, "model.net.cell", n.cell, f"must be one of {', '.join(CELLS)}")
+    _require(n.state_size >= 1, "model.net.state_size", n.state_size, "must be an integer >= 1")
+    _require(0.0 <= n.dropout < 1.0, "model.net.dropout", n.dropout, "must be in [0, 1)")
+
+
+# Settings common to torch optimizers: their allowed ranges (torch would refuse some only when training).
+OPTIMIZER_RANGES = {
+    "lr": (lambda v: v > 0, "must be > 0"),
+    "weight_decay": (lambda v: v >= 0, "must be >= 0"),
+    "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "eps": (lambda v: v > 0, "must be > 0"),
+    "initial_accumulator_value": (lambda v: v >= 0, "must be >= 0"),
+    "alpha": (lambda v: v >= 0, "must be >= 0"),
+}
+
+
+def validate_optimizer(o: Any) -> None:
+    target = o.get("_target_") if hasattr(o, "get") else None
+    _require(isinstance(target, str) and "." in target, "optimizer._target_", target,
+             "must name an optimizer class, e.g. torch.optim.Adagrad (see conf/optimizer/)")
+    _require(o.get("_partial_") is True, "optimizer._partial_", o.get("_partial_"),
+             "must be true: the model gives the optimizer its parameters")
+    for key, (ok, allowed) in OPTIMIZER_RANGES.items():
+        if key in o and o[key] is not None:
+            _require(_number(o[key]) and ok(o[key]), f"optimizer.{key}", o[key], allowed)
+
+
+def validate_trainer(t: Any) -> None:
+    def positive_int_or(key: str, value: Any, *also: Any) -> None:
+        _require(value in also or (_is_int(value) and value >= 1), f"trainer.{key}", value,
+                 f"must be an integer >= 1{''.join(f' or {a}' if a is not None else ' or null' for a in also)}")
+
+    positive_int_or("max_epochs", t.max_epochs, -1, None)
+    positive_int_or("max_steps", t.max_steps, -1)
+    positive_int_or("check_val_every_n_epoch", t.check_val_every_n_epoch, None)
+    positive_int_or("log_every_n_steps", t.log_every_n_steps, None)
+    vci = t.val_check_interval
+    _require(vci is None or (_is_int(vci) and vci >= 1) or (isinstance(vci, float) and 0 < vci <= 1),
+             "trainer.val_check_interval", vci,
+             "must be an integer >= 1 (training batches between validations) or a fraction of an epoch in (0, 1]")
+    for key in ("limit_train_batches", "limit_val_batches", "overfit_batches"):
+        v = t[key]
+        _require(v is None or (_is_int(v) and v >= 0) or (isinstance(v, float) and 0 <= v <= 1), f"trainer.{key}",
+                 v, "must be an integer >= 0 (batches) or a fraction in [0, 1]")
+    _require(t.accumulate_grad_batches == 1, "trainer.accumulate_grad_batches", t.accumulate_grad_batches,
+             "must be 1: truncated BPTT takes one optimizer step per chunk, each from the state the previous step "
+             "left (to average over more data, raise data.batch_size)")
+    clip = t.gradient_clip_val
+    _require(clip is None or (_number(clip) and clip >= 0), "trainer.gradient_clip_val", clip,
+             "must be a number >= 0 (0 or null: no clipping)")
+    _require(t.gradient_clip_algorithm in (None, "norm", "value"), "trainer.gradient_clip_algorithm",
+             t.gradient_clip_algorithm, "must be norm or value")
+    _require(t.fast_dev_run is False or t.fast_dev_run is True or (_is_int(t.fast_dev_run) and t.fast_dev_run >= 0),
+             "trainer.fast_dev_run", t.fast_dev_run, "must be true, false or a number of batches >= 0")
+
+
+def validate_monitors(callbacks: Any) -> None:
+    for name, callback in (callbacks or {}).items():
+        monitor = callback.get("monitor") if callback is not None and hasattr(callback, "get") else None
+        if monitor is not None:
+            _require(monitor in metrics.NAMES, f"callbacks.{name}.monitor", monitor,
+                     f"must be one of the logged metrics: {', '.join(metrics.NAMES)}")
+
+
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+
+
+def validate_device(dev: Any) -> int | None:
+    """Check `device.*`; returns the number of processes when it is known without looking at the hardware."""
     _require(dev.accelerator in ACCELERATORS, "device.accelerator", dev.accelerator,
              f"must be one of {', '.join(ACCELERATORS)}")
     devices = dev.devices
-    _require(devices == "auto" or (isinstance(devices, int) and devices >= 1), "device.devices", devices,
+    _require(devices == "auto" or (_is_int(devices) and devices >= 1), "device.devices", devices,
              "must be an integer >= 1 or 'auto'")
     _require(dev.num_nodes >= 1, "device.num_nodes", dev.num_nodes, "must be an integer >= 1")
     _require(str(dev.precision) in PRECISIONS, "device.precision", dev.precision,
              f"must be one of {', '.join(PRECISIONS)}")
-    if isinstance(devices, int):
-        world = devices * dev.num_nodes
-        _require(
-            d.batch_size % world == 0,
-            "data.batch_size",
-            d.batch_size,
-            f"must be divisible by the number of processes ({world} = device.devices * device.num_nodes): "
-            "each process owns a fixed set of streams",
-        )
-    warnings = []
-    batches = -(-(d.total_series_length // d.batch_size // T) // d.chunks_per_batch)
-    if t.val_check_interval > batches:
-        warnings.append(
-            f"trainer.val_check_interval={t.val_check_interval} is more than the {batches} training batch(es) "
-            "of an epoch: validating once per epoch instead"
-        )
-    if d.echo_step >= T:
-        warnings.append(
-            f"data.echo_step={d.echo_step} >= data.truncated_backprop_length={T}: every target lies in an "
-            "earlier chunk, so only the carried state can learn it (harder, but allowed)"
-        )
-    return warnings
+    _require(dev.strategy in ("auto", "ddp", "ddp_spawn"), "device.strategy", dev.strategy,
+             "must be auto, ddp or ddp_spawn")
+    return devices * dev.num_nodes if _is_int(devices) else None
+
+
+def check_memory(cfg: Any) -> None:
+    """Refuse settings whose tensors cannot fit in this machine's memory, with the size they need."""
+    from omegaconf import OmegaConf
+
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    d = cfg.data
+    # A training epoch's series (x, y as int64, generated per stream then stacked: ~2 copies) and the validation's.
+    needed = {"data.total_series_length": 32 * d.total_series_length, "data.val_series_length": 32 * d.val_series_length}
+    if OmegaConf.select(cfg, "model.net._target_") == STACKED_RNN:
+        h, layers = cfg.model.net.state_size, cfg.layers
+        params = layers * (4 * h * (h + h + 2)) + 2 * h + 2  # an upper bound for any cell (LSTM: 4 gates)
+        needed["model.net.state_size"] = 4 * 4 * params  # weights, gradients, two optimizer buffers (float32)
+    for key, need in needed.items():
+        if need > total:
+            value = OmegaConf.select(cfg, key)
+            raise ConfigError(key, value, f"needs about {need / 2**30:.1f} GiB of memory; this machine has "
+                                          f"{total / 2**30:.1f} GiB")

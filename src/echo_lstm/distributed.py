@@ -1,43 +1,61 @@
-"""Devices and DDP: resolving the `device` config, and launching DDP ranks inside a Hydra job.
+"""Devices and DDP: the `device` config as Trainer arguments, and the processes of a DDP run on this machine.
 
-Lightning starts DDP ranks 1..N-1 by re-running the script. Under Hydra it replays `sys.argv`, which in a
-multirun (`-m layers=1,2 device=ddp_cpu`) would start a whole new sweep in every rank. Here each rank
-re-runs exactly *this job*: its own overrides, in run mode, in the job's own output directory, without
-writing Hydra files of its own. So one run (or one sweep job) keeps one directory, whatever the devices.
+Lightning would start DDP ranks 1..N-1 by re-running the script with `sys.argv` (in a multirun that starts a new
+sweep in every rank). Here rank 0 starts them itself, each a copy of *this job*: its overrides, in run mode, in
+the job's run dir (passed through the environment, so any path works), writing no Hydra files or logs of its
+own, with the standard variables (LOCAL_RANK, NODE_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Lightning then
+sees processes launched externally, its documented mode (as under torchrun), and only joins them. One run keeps
+one dir whatever the devices; a rank is recognised by a marker that only its parent can set (a LOCAL_RANK left
+in a user's shell is not taken for one); and rank 0 watches its ranks, so it can say which one died.
+
+On one machine the ranks talk over loopback (MASTER_ADDR 127.0.0.1; gloo's pair sockets on `lo`), but torch's
+rendezvous store listens on every interface on MASTER_PORT while the run lasts: torch has no setting for its
+address. Keep untrusted networks away with a firewall, or run in a network namespace.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from echo_lstm.config import ConfigError
+from echo_lstm.errors import ConfigError, ProcessDied, signal_name
+
+RANK_OF = "ECHO_LSTM_RANK_OF"  # set to rank 0's PID in the ranks it starts
+RUN_DIR = "ECHO_LSTM_RANK_RUN_DIR"
+DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "GLOO_SOCKET_IFNAME", RANK_OF,
+           RUN_DIR)
+# Variables that make Lightning treat a process as one rank of a bigger run. Honoured only from a launcher that
+# manages processes (torchrun, SLURM, or rank 0 of this app), never when left over in a user's shell.
+RANK_VARS = ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "RANK")
+
+entry_script: Path | None = None  # train.py / eval.py: what a rank runs (set by the entry point)
 
 
-def ddp_rank_command(script: Path, local_rank: int) -> tuple[Sequence[str], str]:
-    from hydra.core.hydra_config import HydraConfig
-
-    hc = HydraConfig.get()
-    command = [sys.executable, str(script), *hc.overrides.task]
-    command += [
-        f'hydra.run.dir="{hc.runtime.output_dir}"',
-        "hydra.output_subdir=null",  # rank 0 already wrote .hydra/
-        f"hydra.job.name={hc.job.name}_rank{local_rank}",
-        "hydra/job_logging=none",  # no per-rank log files in the run dir
-        "hydra/hydra_logging=none",
-    ]
-    return command, hc.runtime.cwd
+def is_launched_rank() -> bool:
+    """Whether this process is a DDP rank > 0 started by rank 0 of this app (not just any LOCAL_RANK)."""
+    return os.environ.get(RANK_OF) == str(os.getppid())
 
 
-def use_job_relaunch(script: Path) -> None:
-    """Make Lightning's DDP launcher start each rank as a copy of the current Hydra job."""
-    from pytorch_lightning.strategies.launchers import subprocess_script
+def managed_externally() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1
 
-    subprocess_script._hydra_subprocess_cmd = lambda local_rank: ddp_rank_command(script, local_rank)
+
+def drop_stray_rank_variables() -> list[str]:
+    """Remove DDP rank variables no launcher set for this process; returns the ones removed."""
+    if is_launched_rank() or managed_externally():
+        return []
+    stray = [k for k in RANK_VARS if k in os.environ]
+    for key in stray:
+        del os.environ[key]
+    return stray
 
 
 def trainer_device_args(device: dict[str, Any]) -> dict[str, Any]:
@@ -61,21 +79,84 @@ def trainer_device_args(device: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
-DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+class Ranks:
+    """Ranks 1..N-1 of this machine, started and watched by rank 0 (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+        self.died: tuple[int, int] | None = None  # (local rank, exit status) of the first rank that failed
+        self._watch: threading.Thread | None = None
+        self._done = threading.Event()
+
+    def start(self, trainer: Any, run_dir: Path, strategy: str) -> None:
+        """Start the other ranks if Lightning would otherwise start them itself."""
+        from hydra.core.hydra_config import HydraConfig
+
+        local = trainer.num_devices
+        if trainer.world_size <= 1 or local <= 1 or strategy != "ddp" or is_launched_rank() \
+                or not HydraConfig.initialized():
+            return
+        env = trainer.strategy.cluster_environment
+        if env.creates_processes_externally:  # torchrun, SLURM: they started every rank
+            return
+        hc = HydraConfig.get()
+        shared = {"MASTER_ADDR": env.main_address, "MASTER_PORT": str(env.main_port), "NODE_RANK": str(env.node_rank()),
+                  "WORLD_SIZE": str(trainer.world_size), RUN_DIR: str(run_dir), RANK_OF: str(os.getpid())}
+        if env.main_address in ("127.0.0.1", "localhost") and trainer.num_nodes == 1:
+            shared["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
+        os.environ.update({k: v for k, v in shared.items() if k not in (RANK_OF, RUN_DIR)}, LOCAL_RANK="0")
+        command = [sys.executable, str(entry_script), *hc.overrides.task, f"hydra.run.dir=${{oc.env:{RUN_DIR}}}",
+                   "hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+        for rank in range(1, local):
+            child_env = {**os.environ, **shared, "LOCAL_RANK": str(rank)}
+            self.procs.append(subprocess.Popen([*command, f"hydra.job.name={hc.job.name}_rank{rank}"],
+                                               env=child_env, cwd=hc.runtime.cwd))
+        self._watch = threading.Thread(target=self._observe, name="echo-lstm-ranks", daemon=True)
+        self._watch.start()
+
+    def _observe(self) -> None:
+        while not self._done.wait(0.2):
+            for rank, proc in enumerate(self.procs, start=1):
+                code = proc.poll()
+                if code not in (None, 0) and self.died is None:
+                    self.died = (rank, code)
+                    # Rank 0 normally fails at its next collective; should it hang instead, end it.
+                    if self._done.wait(60):
+                        return
+                    print(f"error: {self.death()}", file=sys.stderr, flush=True)
+                    os._exit(ProcessDied.exit_code)
+
+    def death(self) -> str:
+        rank, code = self.died
+        how = f"was killed by {signal_name(-code)}" if code < 0 else f"exited with status {code}"
+        return f"DDP process of rank {rank} (pid {self.procs[rank - 1].pid}) {how}"
+
+    def stop(self, failed: bool) -> None:
+        """End of the run: wait for the ranks (they finish fit with rank 0), or stop them after a failure."""
+        self._done.set()
+        for proc in self.procs:
+            if failed and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + (10 if failed else 120)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @contextlib.contextmanager
-def job_scope() -> Iterator[None]:
-    """Leave no DDP state behind a job, so the next job of a sweep run in this process starts clean.
-
-    Lightning's launcher exports MASTER_PORT, LOCAL_RANK, ... into this process and leaves the process
-    group up; the next job would take `LOCAL_RANK` as "processes are launched externally" and join a dead
-    group.
-    """
+def job_scope() -> Iterator[Ranks]:
+    """The DDP ranks of one job, and no DDP state left behind it (the next job of a sweep starts clean)."""
     before = {k: os.environ.get(k) for k in DDP_ENV}
+    ranks = Ranks()
+    failed = True
     try:
-        yield
+        yield ranks
+        failed = False
     finally:
+        ranks.stop(failed)
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():

@@ -1,25 +1,32 @@
-"""One training run from a validated config: build data, model, logger, callbacks, Trainer; fit; report.
+"""One training run from a validated config: data, model, loggers, callbacks, Trainer; fit; the end summary.
 
-Imported only once the config has passed `config.validate`, so `--help` and config errors never pay for
-torch and Lightning.
+Imported only once the config has passed `config.validate`, so `--help` and config errors never pay for torch
+and Lightning.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from echo_lstm.config import ConfigError
+from echo_lstm import metrics as registry
+from echo_lstm.errors import ConfigError, Diverged, ProcessDied, Stopped, command, disk_error, hydra_quote, signal_name
+
+log = logging.getLogger("echo_lstm.run")
+HPC = "hpc_ckpt_*.ckpt"  # what Lightning saves on SLURM's pre-emption signal before the job is requeued
+SLURM_JOB = ".slurm_job_id"
 
 
 def quiet_libraries() -> None:
-    """Silence start-up tips and dependency deprecation chatter that say nothing about this run."""
+    """Silence start-up tips and dependency chatter that say nothing about this run."""
     import pytorch_lightning  # noqa: F401  (creates its loggers, which we then quiet)
 
     for name in list(logging.root.manager.loggerDict):
@@ -30,15 +37,16 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # resuming into its own dir
+    warnings.filterwarnings("ignore", message=".*dirpath has changed from.*")  # ckpt_path=: best-k starts afresh
 
 
 def keep_freed_memory() -> bool:
     """glibc only: serve allocations from the heap and keep freed memory (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD).
 
-    By default glibc maps every block above a threshold with mmap and unmaps it when freed, so each large
-    tensor of each chunk costs fresh page faults: at 256 streams x state 64 that was a third of the time
-    (benchmarks/throughput.py). A training process reuses the same sizes every step, so keeping the
-    memory is the right trade. Returns whether it took effect.
+    By default glibc maps every block above a threshold with mmap and unmaps it when freed, so each large tensor
+    of each chunk costs fresh page faults: at 256 streams x state 64 that was a third of the time
+    (benchmarks/throughput.py). A training process reuses the same sizes every step, so keeping the memory is the
+    right trade. Returns whether it took effect.
     """
     import ctypes
     import ctypes.util
@@ -51,87 +59,91 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as flat `a.b.c -> scalar` pairs for TensorBoard's HParams tab."""
-    out: dict[str, Any] = {}
+@dataclass
+class RunResult:
+    """What a finished run computed (train.py returns it to sweepers; the summary prints it)."""
 
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}." if not prefix else f"{prefix}{k}.")
-        else:
-            key = prefix[:-1]
-            out[key] = node if isinstance(node, (bool, int, float, str)) else str(node)
+    metrics: dict[str, float]
+    step: int  # the last optimizer step
+    epoch: int  # the epoch of the last training batch, counted from 0 (as the progress bar)
+    reached: int | None  # the step at which the echo was learned (train/steps_to_echo), None if never
+    stop_reason: str
+    seconds: float
+    run_dir: Path
+    best: str = ""
+    notes: list[str] = field(default_factory=list)
 
-    container = OmegaConf.to_container(cfg, resolve=True)
-    for k in ("logger", "callbacks", "run_dir"):
-        container.pop(k, None)
-    walk(container, "")
-    return out
+    def value(self, name: str) -> float:
+        return self.metrics.get(name, math.nan)
 
 
-def log_hparams(logger: Any, cfg: DictConfig, metrics: list[str]) -> None:
-    """Fill the HParams tab: every config value, and which scalar tags are the run's metrics.
+@dataclass
+class Start:
+    """Where a run starts: a checkpoint (its path, step and epoch), and whether it continues in place."""
 
-    Written with TensorBoard's summary directly rather than `logger.log_hyperparams(params, metrics)`,
-    which would also write placeholder metric values at step 0 into the real curves.
+    path: Path | None = None
+    step: int = 0
+    epoch: int = 0
+    in_place: bool = False
+
+
+def starting_point(cfg: DictConfig, run_dir: Path, model: Any) -> Start:
+    """The checkpoint to start from, checked against the config.
+
+    `resume=<run dir>` continues that run from its `last.ckpt`; a requeued SLURM job continues from the
+    `hpc_ckpt_<n>.ckpt` that Lightning saved in its run dir (only the same job's: a stray one is refused);
+    `ckpt_path=<file>` starts a new run from that checkpoint.
     """
-    from torch.utils.tensorboard.summary import hparams
+    from echo_lstm.resume import LAST, check_checkpoint, read_checkpoint
 
-    experiment, session_start, session_end = hparams(flat_hparams(cfg), {m: float("nan") for m in metrics})
-    writer = logger.experiment.get_writer() if hasattr(logger.experiment, "get_writer") else logger.experiment
-    for summary in (experiment, session_start, session_end):
-        writer.file_writer.add_summary(summary)
-
-
-class Interrupted(RuntimeError):
-    """Training was stopped by a signal after saving a checkpoint; the run can be resumed."""
-
-    def __init__(self, signum: int, step: int, run_dir: Path):
-        import signal
-
-        self.exit_code = 128 + signum
-        name = signal.Signals(signum).name
-        super().__init__(f"stopped by {name} at step {step}; checkpoint saved. Continue with: "
-                         f"python train.py resume={os.path.relpath(run_dir)}")
-
-
-def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, int, bool]:
-    """The checkpoint to start from, checked: (path, its step, whether this run continues in place).
-
-    `resume=<run dir>` continues that run from its `last.ckpt`; a SLURM requeue continues from the
-    `hpc_ckpt_<n>.ckpt` that Lightning saved in the run dir on the preemption signal (what Lightning would
-    pick itself; chosen here so that TensorBoard is told to drop what came after it); `ckpt_path=<file>`
-    starts a new run from that checkpoint.
-    """
-    from echo_lstm.checkpointing import LAST, check_compatible, read_checkpoint
-
-    hpc = sorted(run_dir.glob("hpc_ckpt_*.ckpt"), key=lambda p: int(p.stem.rsplit("_", 1)[-1]))
+    hpc = sorted(run_dir.glob(HPC), key=lambda p: int(p.stem.rsplit("_", 1)[-1]))
+    if hpc and cfg.resume is None:
+        job = os.environ.get("SLURM_JOB_ID")
+        owner = (run_dir / SLURM_JOB).read_text().strip() if (run_dir / SLURM_JOB).is_file() else None
+        if job is None or job != owner:
+            raise ConfigError("hydra.run.dir", str(run_dir), f"holds {hpc[-1].name}, which only the SLURM job that "
+                              f"saved it ({owner or 'unknown'}) continues; this is {job or 'not a SLURM job'}")
     if cfg.resume is not None:
         key, path, in_place = "resume", run_dir / LAST, True
     elif hpc:
         key, path, in_place = "hpc_ckpt", hpc[-1], True
     elif cfg.ckpt_path is not None:
-        key, path, in_place = "ckpt_path", Path(cfg.ckpt_path), False
+        key, path, in_place = "ckpt_path", Path(str(cfg.ckpt_path)), False
     else:
-        return None, 0, False
+        return Start()
     ckpt = read_checkpoint(path, key)
-    check_compatible(ckpt, cfg, key, path)
-    return path, int(ckpt.get("global_step", 0)), in_place
+    check_checkpoint(ckpt, model, cfg.data.batch_size, key, path)
+    return Start(path, int(ckpt.get("global_step", 0)), int(ckpt.get("epoch", 0)), in_place)
 
 
-def train(cfg: DictConfig) -> float | None:
+def trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
+    """`trainer.*` for `pl.Trainer`: what the installed Lightning takes, minus what the model applies itself."""
+    import inspect
+
+    import pytorch_lightning as pl
+
+    accepted = inspect.signature(pl.Trainer.__init__).parameters
+    args = OmegaConf.to_container(cfg.trainer, resolve=True)
+    for key in ("gradient_clip_val", "gradient_clip_algorithm"):  # manual optimization: the model clips per chunk
+        args.pop(key)
+    for key in [k for k in args if k not in accepted]:
+        if args.pop(key) != getattr(cfg.trainer, key, None) or cfg.trainer[key] not in (None, False, True, 0):
+            raise ConfigError(f"trainer.{key}", cfg.trainer[key],
+                              f"is not an argument of this pytorch_lightning ({pl.__version__})")
+    return args
+
+
+def train(cfg: DictConfig) -> RunResult:
     quiet_libraries()
     import pytorch_lightning as pl
     import torch
     from hydra.utils import instantiate
 
-    from echo_lstm.callbacks import StopRequested
-    from echo_lstm.checkpointing import checkpoint_io
-    from echo_lstm.data import EchoDataModule
-    from echo_lstm.distributed import job_scope, trainer_device_args
-    from echo_lstm.model import EchoLSTM
-    from echo_lstm.research import job_threads
+    from echo_lstm import distributed
+    from echo_lstm.callbacks.checkpoint import AtomicCheckpointIO
+    from echo_lstm.callbacks.graceful_stop import StopRequested
+    from echo_lstm.loggers import build_loggers, log_hparams
+    from echo_lstm.sweeps.threads import job_threads
 
     started = time.perf_counter()
     keep_freed_memory()
@@ -140,72 +152,151 @@ def train(cfg: DictConfig) -> float | None:
         torch.set_num_threads(threads)
     pl.seed_everything(cfg.seed, verbose=False)
     run_dir = Path(cfg.run_dir)
-    start_from, start_step, in_place = resume_checkpoint(cfg, run_dir)
-
-    datamodule = EchoDataModule(**OmegaConf.to_container(cfg.data, resolve=True))
-    model = EchoLSTM(
-        **OmegaConf.to_container(cfg.model, resolve=True),
-        echo_step=cfg.data.echo_step,
-        truncated_backprop_length=cfg.data.truncated_backprop_length,
-        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-    )
-    # Resuming appends to the same TensorBoard run; purge_step tells TensorBoard to drop what the
-    # interrupted run logged after its last checkpoint, so no step appears twice.
-    logger = instantiate(cfg.logger, **({"purge_step": start_step + 1} if in_place else {}))
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+                        gradient_clip_val=cfg.trainer.gradient_clip_val,
+                        gradient_clip_algorithm=cfg.trainer.gradient_clip_algorithm, _recursive_=False)
+    start = starting_point(cfg, run_dir, model)
+    device = distributed.trainer_device_args(OmegaConf.to_container(cfg.device, resolve=True))
+    # Resuming appends to the same TensorBoard run; purge_step tells TensorBoard to drop what the interrupted run
+    # logged after its last checkpoint, so no step appears twice.
+    loggers = build_loggers(cfg, **({"purge_step": start.step + 1} if start.in_place else {}))
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
-    if not cfg.trainer.enable_progress_bar:  # Lightning refuses a bar callback when bars are off
-        from pytorch_lightning.callbacks import ProgressBar
-
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    device = trainer_device_args(OmegaConf.to_container(cfg.device, resolve=True))
-    trainer_args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    # A series shorter than val_check_interval batches: validate once per epoch (validate() warned).
-    trainer_args["val_check_interval"] = min(trainer_args["val_check_interval"], len(datamodule.train_dataloader()))
-    trainer = pl.Trainer(
-        **device,
-        **trainer_args,
-        logger=logger,
-        callbacks=callbacks,
-        default_root_dir=str(run_dir),
-        use_distributed_sampler=False,  # streams are sharded by the data module, never by a sampler
-        plugins=[checkpoint_io()],  # atomic checkpoint writes
-    )
-    if trainer.is_global_zero and not in_place:  # a resumed run has them already
-        log_hparams(logger, cfg, ["val/acc", "val/boundary_acc", "train/steps_to_echo"])
+    args = trainer_arguments(cfg)
+    callbacks = drop_disabled(callbacks, args)
+    if isinstance(args.get("val_check_interval"), int):  # a series shorter than that: once per epoch (warned)
+        args["val_check_interval"] = min(args["val_check_interval"], len(datamodule.train_dataloader()))
     try:
-        with job_scope():
-            trainer.fit(model, datamodule=datamodule, ckpt_path=start_from and str(start_from), weights_only=True)
-    except StopRequested as stop:
-        raise Interrupted(stop.signum, trainer.global_step, run_dir) from None
-
-    metrics = {k: float(v) for k, v in {**model.last_train_metrics, **trainer.callback_metrics}.items()
-               if v.numel() == 1}
-    if start_from is not None and trainer.global_step == start_step and cfg.optimized_metric not in metrics:
-        if trainer.is_global_zero:
-            print(f"echo-lstm: {os.path.relpath(start_from)} is already complete (step {start_step}): nothing to train")
-        return None
+        trainer = pl.Trainer(**device, **args, logger=loggers or False, callbacks=callbacks,
+                             default_root_dir=str(run_dir), use_distributed_sampler=False,
+                             plugins=[AtomicCheckpointIO()])  # atomic checkpoint writes
+    except (ValueError, TypeError) as error:  # Lightning's MisconfigurationException is a ValueError
+        raise ConfigError("trainer", _first_line(error), "Lightning refused these Trainer settings") from None
+    if os.environ.get("SLURM_JOB_ID") and trainer.is_global_zero:
+        (run_dir / SLURM_JOB).write_text(os.environ["SLURM_JOB_ID"] + "\n")
     if trainer.is_global_zero:
-        print_summary(trainer, cfg, metrics, time.perf_counter() - started, run_dir)
-    if cfg.optimized_metric not in metrics:
-        raise ConfigError("optimized_metric", cfg.optimized_metric,
-                          f"was not logged; logged metrics are {', '.join(sorted(metrics))}")
-    return metrics[cfg.optimized_metric]
+        if not start.in_place:  # a resumed run has them already
+            log_hparams(trainer.loggers, cfg, registry.HPARAMS)
+        if start.in_place:
+            say(f"echo-lstm: continuing {os.path.relpath(run_dir)} from step {start.step} (epoch {start.epoch})")
+        elif start.path is not None:
+            say(f"echo-lstm: a new run from {os.path.relpath(start.path)} (step {start.step})")
+    with distributed.job_scope() as ranks:
+        ranks.start(trainer, run_dir, cfg.device.strategy)
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=start.path and str(start.path))
+        except StopRequested as stop:
+            raise Stopped(stop.signum, f"stopped by {signal_name(stop.signum)} at step {trainer.global_step}; "
+                                       f"{checkpoint_note(run_dir)}. Continue with: "
+                                       f"{command('python', 'train.py', 'resume=' + hydra_quote(os.path.relpath(run_dir)))}") from None
+        except Diverged as error:
+            raise Diverged(error.step, error.what, checkpoint_note(run_dir)) from None
+        except Exception as error:
+            if ranks.died is not None:
+                raise ProcessDied(f"{ranks.death()}; the run stopped at about step {trainer.global_step}. "
+                                  f"{checkpoint_note(run_dir).capitalize()}; continue with: "
+                                  f"{command('python', 'train.py', 'resume=' + hydra_quote(os.path.relpath(run_dir)))}") \
+                    from None
+            written = disk_error(error)
+            if written is not None:
+                raise written from None
+            raise
+    result = summarize(trainer, model, cfg, start, time.perf_counter() - started, run_dir)
+    if start.path is not None and trainer.global_step == start.step and not result.metrics.get("val/acc"):
+        result.stop_reason = "already complete"
+    return result
 
 
-def print_summary(trainer: Any, cfg: DictConfig, metrics: dict[str, float], seconds: float, run_dir: Path) -> None:
-    reached = min(metrics.get("val/acc", 0.0), metrics.get("val/boundary_acc", 0.0)) >= cfg.target_acc
+def checkpoint_note(run_dir: Path) -> str:
+    """Which checkpoint a stopped run left (only what exists: none if it stopped before its first)."""
+    from echo_lstm.resume import LAST
+
+    last = run_dir / LAST
+    if not last.is_file():
+        return "no checkpoint was written yet"
+    import torch
+
+    try:
+        step = torch.load(last, map_location="cpu", weights_only=True).get("global_step", "?")
+    except Exception:
+        step = "?"
+    return f"the last good checkpoint ({os.path.relpath(last)}, step {step}) is kept"
+
+
+def drop_disabled(callbacks: list[Any], args: dict[str, Any]) -> list[Any]:
+    """Lightning refuses a progress bar when bars are off, and checkpoint callbacks when checkpointing is off."""
+    from pytorch_lightning.callbacks import Checkpoint, ProgressBar
+
+    if args.get("enable_progress_bar") is False:
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if args.get("enable_checkpointing") is False:
+        callbacks = [c for c in callbacks if not isinstance(c, Checkpoint)]
+    return callbacks
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def stop_reason(trainer: Any, reached_via: str | None) -> str:
+    from echo_lstm.callbacks.steps_to_echo import stopped_on_threshold
+
+    if trainer.fast_dev_run:
+        return "trainer.fast_dev_run"
+    if stopped_on_threshold(trainer):
+        return "early stopping: validation reached target_acc"
+    if 0 < trainer.max_steps <= trainer.global_step:
+        return f"trainer.max_steps={trainer.max_steps}"
+    if trainer.max_epochs and trainer.current_epoch >= trainer.max_epochs:
+        return f"trainer.max_epochs={trainer.max_epochs}"
+    return "trainer.should_stop" if trainer.should_stop else "the end of its data"
+
+
+def summarize(trainer: Any, model: Any, cfg: DictConfig, start: Start, seconds: float, run_dir: Path) -> RunResult:
+    from echo_lstm.callbacks.steps_to_echo import StepsToEcho
+
+    values = {**model.last_train_metrics, **trainer.callback_metrics}
+    metrics = {k: float(v) for k, v in values.items() if k != "step" and getattr(v, "numel", lambda: 1)() == 1}
+    steps_cb = next((c for c in trainer.callbacks if isinstance(c, StepsToEcho)), None)
+    reached = steps_cb.reached_at if steps_cb is not None else None
     ckpt = trainer.checkpoint_callback
     best = getattr(ckpt, "best_model_path", "") if ckpt else ""
-    shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("val/loss", "val/acc", "val/boundary_acc") if k in metrics)
-    epoch = max(trainer.current_epoch, 1)  # Lightning counts a stopped epoch as done
-    lines = [
-        "",
-        f"echo-lstm: {'learned the echo' if reached else 'did not reach'} (target_acc {cfg.target_acc}) "
-        f"at step {trainer.global_step}, in epoch {epoch} of {trainer.max_epochs}, after {seconds:.1f} s",
-        f"  final: {shown}",
-        f"  run dir: {os.path.relpath(run_dir)}",
-    ]
-    if best:
-        lines.append(f"  best checkpoint: {os.path.relpath(best)}")
-    lines.append(f"  view: tensorboard --logdir {os.path.relpath(run_dir)}")
-    print("\n".join(lines), flush=True)
+    notes = []
+    if not cfg.model.carry_state:
+        notes.append("model.carry_state=false: the training loop reset the state at every chunk, so "
+                     f"train/boundary_acc stays at chance ({metrics.get('train/boundary_acc', math.nan):.4f}); "
+                     "val/* carry the state through the series")
+    return RunResult(metrics=metrics, step=trainer.global_step, epoch=getattr(model, "last_epoch", start.epoch),
+                     reached=reached, stop_reason=stop_reason(trainer, steps_cb and steps_cb.via), seconds=seconds,
+                     run_dir=run_dir, best=best, notes=notes)
+
+
+def say(line: str) -> None:
+    """A line for the console and the run's log."""
+    print(line, flush=True)
+    log.info(line)
+
+
+def summary_lines(result: RunResult, cfg: DictConfig) -> list[str]:
+    """The end-of-run summary: when the echo was learned, where the run stopped and why, the final metrics."""
+    learned = (f"learned the echo at step {result.reached} (train/steps_to_echo, target_acc {cfg.target_acc})"
+               if result.reached is not None else
+               f"did not learn the echo (train/steps_to_echo never reached target_acc {cfg.target_acc})")
+    shown = ", ".join(f"{k} {result.metrics[k]:.4f}" for k in ("val/loss", "val/acc", "val/boundary_acc",
+                                                                 "train/boundary_acc") if k in result.metrics)
+    rel = os.path.relpath(result.run_dir)
+    lines = ["", f"echo-lstm: {learned}; stopped at step {result.step} in epoch {result.epoch} "
+                 f"({result.stop_reason}), after {result.seconds:.1f} s",
+             f"  final: {shown}", *[f"  note: {n}" for n in result.notes], f"  run dir: {rel}"]
+    if result.best:
+        lines.append(f"  best checkpoint: {os.path.relpath(result.best)}")
+    lines.append(f"  view: {command('tensorboard', '--logdir', rel)}")
+    return lines
+
+
+def summary_line(result: RunResult, cfg: DictConfig) -> str:
+    """The same in one line, for a job of a parallel sweep."""
+    learned = f"learned at step {result.reached}" if result.reached is not None else "not learned"
+    acc = result.metrics.get(cfg.optimized_metric, math.nan)
+    return (f"{learned}, stopped at step {result.step} ({result.stop_reason}), {cfg.optimized_metric} {acc:.4f}, "
+            f"{result.seconds:.1f} s")

@@ -116,15 +116,18 @@ class SingleBatch:
 
 
 class EchoDataModule(pl.LightningDataModule):
+    """The echo series of `conf/data/echo.yaml` (where the defaults live), per process, as training blocks and
+    one fixed validation series."""
+
     def __init__(
         self,
-        total_series_length: int = 50000,
-        batch_size: int = 5,
-        truncated_backprop_length: int = 15,
-        echo_step: int = 3,
-        chunks_per_batch: int = 64,
-        val_series_length: int = 10000,
-        seed: int = 1234,
+        total_series_length: int,
+        batch_size: int,
+        truncated_backprop_length: int,
+        echo_step: int,
+        chunks_per_batch: int,
+        val_series_length: int,
+        seed: int,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -141,8 +144,12 @@ class EchoDataModule(pl.LightningDataModule):
         return self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
 
     def make_epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This process's training data of one epoch, as chunks, moved to the device once per epoch."""
+        """This process's training data of one epoch, as chunks, moved to the device once per epoch.
+
+        With `trainer.overfit_batches` every epoch gets epoch 0's series, so the same blocks come again."""
         h = self.hparams
+        if getattr(self.trainer, "overfit_batches", 0):
+            epoch = 0
         x, y = echo_series(h.seed, TRAIN, epoch, self.local_streams(), self.stream_length, h.echo_step)
         T, device = h.truncated_backprop_length, self._device()
         return to_chunks(x, T).to(device), to_chunks(y, T).to(device)

@@ -1,0 +1,1 @@
+"""Lightning callbacks, one per file; `conf/callbacks/` has one YAML per callback and `default` composes them."""

@@ -1,0 +1,102 @@
+"""`last.ckpt`: written atomically, at a cadence in chunks, after every validation and at the last batch.
+
+Best-k checkpoints stay with Lightning's ModelCheckpoint (`callbacks.model_checkpoint`); this callback saves
+the resume point itself with `trainer.save_checkpoint`. It subclasses Lightning's `Checkpoint` so that Lightning
+runs it after the other callbacks (ModelCheckpoint included): the file holds their state after a validation.
+
+Every save happens at the end of a training batch or of a validation, where Lightning's loop state is
+consistent, so every checkpoint resumes exactly. A batch that a validation follows is not saved: Lightning
+resumes such a checkpoint without that validation; its end saves instead (compat.validation_follows). The
+loggers are flushed first, so what a resume starts from is on disk before the checkpoint that names it.
+
+What a checkpoint holds, all of it needed to continue exactly: Lightning's own (weights, optimizer state, loop
+progress, callback states, the train loader's position) and the model's (every stream's carried state, every
+process's RNG state). Only tensors and plain Python data: it loads with `torch.load(..., weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Checkpoint
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from echo_lstm import compat
+from echo_lstm.errors import WriteFailed
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file in the same directory, fsync, then rename over `path`.
+
+    A kill at any moment leaves either the old file or the new one, never a torn one. (Lightning's own save
+    stages the file in the system temp dir and *moves* it, which is a copy, not a rename, whenever that dir is
+    on another filesystem.)
+    """
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        reason = os.strerror(error.errno) if error.errno else str(error)
+        raise WriteFailed(path, reason, "the previous checkpoint is intact") from error
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO with atomic saves (every checkpoint of a run: last and best-k)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        atomic_torch_save(checkpoint, Path(path))
+
+
+def is_final_batch(trainer: pl.Trainer) -> bool:
+    """Whether the batch just trained is the run's last one (max_steps reached, or the last epoch's end)."""
+    return (0 < trainer.max_steps <= trainer.global_step) or (
+        trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        and trainer.current_epoch + 1 >= (trainer.max_epochs or 0) > 0
+    )
+
+
+class LastCheckpoint(Checkpoint):
+    """`<dirpath>/last.ckpt`, every `every_n_steps` optimizer steps (0: no cadence), after every validation and
+    at the last training batch."""
+
+    def __init__(self, dirpath: str, every_n_steps: int = 0, filename: str = "last.ckpt"):
+        self.path = Path(dirpath) / filename
+        self.every_n_steps = every_n_steps
+        self.saved_step = -1  # global step of the last save (of this fit)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.saved_step = trainer.global_step  # resumed: that step is saved already
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        n, step = self.every_n_steps, trainer.global_step
+        if (n and step // n > max(self.saved_step, 0) // n) or is_final_batch(trainer):
+            self.save_unless_validation_follows(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.save(trainer)
+
+    def save_unless_validation_follows(self, trainer: pl.Trainer) -> None:
+        """Save now, unless a validation follows this batch: then its end saves (see the module docstring)."""
+        if not compat.validation_follows(trainer):
+            self.save(trainer)
+
+    def save(self, trainer: pl.Trainer) -> None:
+        if trainer.global_step == self.saved_step or trainer.fast_dev_run:
+            return
+        for logger in trainer.loggers:
+            logger.save()
+        trainer.save_checkpoint(self.path)
+        self.saved_step = trainer.global_step

@@ -1,0 +1,73 @@
+"""Ctrl-C (SIGINT) or SIGTERM: finish the current block of chunks, save `last.ckpt` at that step, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any
+
+import pytorch_lightning as pl
+
+from echo_lstm.callbacks.checkpoint import LastCheckpoint
+
+
+class StopRequested(Exception):
+    """Raised after the checkpoint is saved, to leave `fit` at once (`should_stop` would validate first)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stop requested by signal {signum}")
+        self.signum = signum
+
+
+class GracefulStop(pl.Callback):
+    """The first signal asks for a stop after the current training batch; a second Ctrl-C exits at once.
+
+    Under DDP the stop request is agreed by all processes after each training batch (one tiny all-reduce per
+    batch), so they all save the same step together. The caller turns `StopRequested` into its message.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._stop_at_next_batch: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _request(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            os._exit(128 + signum)  # second Ctrl-C: no more waiting
+        self.signal = signum
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._request)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.on_train_end(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        requested = self.signal
+        if trainer.world_size > 1:
+            import torch
+
+            flag = torch.tensor([requested or 0], device=pl_module.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            requested = int(flag.item()) or None
+        if requested is None:
+            return
+        for callback in trainer.callbacks:
+            if isinstance(callback, LastCheckpoint):
+                callback.save_unless_validation_follows(trainer)
+        self._stop_at_next_batch = requested
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        # Leave before the next batch trains: by now Lightning has logged the saved step's metrics (and run a
+        # validation if one was due there, as an uninterrupted run would). `trainer.should_stop` instead would
+        # run an extra validation, which an uninterrupted run does not, so a resume would differ.
+        if self._stop_at_next_batch is not None:
+            raise StopRequested(self._stop_at_next_batch)

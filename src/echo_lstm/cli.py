@@ -1,0 +1,180 @@
+"""What `train.py` and `eval.py` share: one line and an exit code for every mistake, Hydra's included.
+
+Hydra reports its own errors (an unknown key, a missing config option, a wrong type, a bad override) in several
+lines plus a hint, with exit code 1. Here Hydra is asked to raise them instead (`HYDRA_FULL_ERROR=1`, its
+documented switch) and each becomes the app's one `error:` line with exit code 2, naming the setting, the value
+and what is allowed. Set `HYDRA_FULL_ERROR=1` yourself to see Hydra's own report with its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from echo_lstm.errors import USAGE, ConfigError, EchoError, report
+
+
+class Raw(str):
+    """A value as the user typed it (shown without quotes)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+# Optional Hydra plugins: (override prefixes that select it, its module, how to install it).
+OPTIONAL_PLUGINS = [
+    (("hparams_search=optuna", "hydra/sweeper=optuna"), "hydra_plugins.hydra_optuna_sweeper",
+     'pip install -e ".[optuna]"  (the Optuna sweeper, hydra-optuna-sweeper)'),
+]
+
+
+def require_optional_plugins(argv: list[str]) -> None:
+    for prefixes, module, install in OPTIONAL_PLUGINS:
+        selected = [a for a in argv if a.lstrip("+~").startswith(prefixes)]
+        if selected and importlib.util.find_spec(module) is None:
+            raise ConfigError(selected[0].split("=", 1)[0], Raw(selected[0].split("=", 1)[1]),
+                              f"needs an optional plugin that is not installed: {install}")
+
+
+def typed_value(argv: list[str], key: str) -> Any:
+    """The value typed for `key` on the command line (as typed), or '?'."""
+    for arg in reversed(argv):
+        name, _, value = arg.partition("=")
+        if name.lstrip("+~") == key:
+            return Raw(value)
+    return Raw("?")
+
+
+def parses(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        OverridesParser.create().parse_override(override)
+        return True
+    except Exception:
+        return False
+
+
+def siblings(key: str) -> list[str]:
+    """The keys next to `key` in the app's schema (for 'did you mean')."""
+    from dataclasses import fields, is_dataclass
+
+    from echo_lstm.config import StackedRNNConfig, TrainConfig
+
+    if key.startswith("model.net."):
+        return [f.name for f in fields(StackedRNNConfig)]
+    node: Any = TrainConfig
+    for part in key.split(".")[:-1]:
+        types = {f.name: f.default_factory if callable(f.default_factory) else None for f in fields(node)} \
+            if is_dataclass(node) else {}
+        factory = types.get(part)
+        if factory is None:
+            return []
+        node = factory()
+    return [f.name for f in fields(node)] if is_dataclass(node) else []
+
+
+def translate(error: BaseException, argv: list[str]) -> ConfigError | None:
+    """A Hydra or OmegaConf composition error as the app's one-line ConfigError; None for anything else."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+
+    from echo_lstm.config import OWNED
+
+    cause = error.__cause__ if isinstance(error, ConfigCompositionException) else error
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file:
+        group, _, option = str(error.missing_cfg_file).rpartition("/")
+        if error.options:
+            return ConfigError(group or option, Raw(option), f"must be one of {', '.join(error.options)}")
+        return ConfigError("config", Raw(str(error.missing_cfg_file)), "no such config file")
+    if isinstance(error, OverrideParseException):
+        reason = str(error).splitlines()[0]
+        bad = next((a for a in argv if not a.startswith("-") and not parses(a)), "?")
+        key, _, value = bad.partition("=")
+        return ConfigError(key, Raw(value), f"cannot be parsed ({reason}); quote values with spaces or special "
+                                            "characters: key='a value'")
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None):
+        key = str(cause.full_key)
+        value = typed_value(argv, key)
+        leaf = key.rsplit(".", 1)[-1]
+        if key.startswith("trainer.") and leaf in OWNED:
+            return ConfigError(key, value, f"is set by {OWNED[leaf]}, not trainer.*")
+        close = difflib.get_close_matches(leaf, siblings(key), n=3)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        return ConfigError(key, value, f"no such setting{hint}; `python train.py --cfg job` lists them")
+    if isinstance(cause, ValidationError) and getattr(cause, "full_key", None):
+        text = str(cause).splitlines()[0]
+        wanted = re.search(r"could not be converted to (\w+)", text)
+        kinds = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "String": "a string"}
+        allowed = f"must be {kinds.get(wanted.group(1), wanted.group(1))}" if wanted else text
+        return ConfigError(str(cause.full_key), Raw(str(cause.value)), allowed)
+    if isinstance(error, (ConfigCompositionException, OmegaConfBaseException)):
+        text = str(error).strip().splitlines()[0]
+        detail = str(cause).strip().splitlines()[0] if cause is not None and cause is not error else ""
+        key = getattr(cause, "full_key", None) or "config"
+        return ConfigError(str(key), Raw("?"), f"{text} {detail}".strip())
+    return None
+
+
+def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[str]], list[str]] | None = None,
+        on_failure: Callable[[], None] | None = None) -> None:
+    """Run a Hydra app with the app's error promise (see the module docstring); exits on any handled failure.
+
+    `prepare` may rewrite the command line before Hydra composes (resume); `on_failure` cleans up after a
+    refusal or an interrupted start (what this process claimed)."""
+    from echo_lstm.distributed import drop_stray_rank_variables, is_launched_rank
+
+    hydra_detail = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises; we report (or re-raise, for the user who set it)
+    logging.raiseExceptions = False  # a full disk must not turn each log line into a traceback
+    quiet = is_launched_rank()  # DDP ranks > 0 fail alike; rank 0 speaks for them
+    try:
+        stray = drop_stray_rank_variables()
+        if stray:
+            print(f"warning: ignoring {', '.join(stray)} from the environment: no DDP launcher started this process",
+                  file=sys.stderr)
+        require_optional_plugins(argv)
+        if prepare is not None:
+            argv = prepare(argv)
+        sys.argv = [sys.argv[0], *argv]
+        hydra_main()
+    except KeyboardInterrupt:
+        if on_failure:
+            on_failure()
+        print("stopped by SIGINT before training started; nothing was trained or kept", file=sys.stderr)
+        sys.exit(130)
+    except EchoError as error:
+        if on_failure and isinstance(error, ConfigError):
+            on_failure()
+        sys.exit(report(error, quiet))
+    except Exception as error:
+        translated = None if hydra_detail else translate(error, argv)
+        if translated is None:
+            raise
+        if on_failure:
+            on_failure()
+        sys.exit(report(translated, quiet))
+
+
+def is_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def job_label() -> str:
+    """`job 2 (layers=3)`: a multirun job, by number and overrides."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hc = HydraConfig.get()
+    return f"job {hc.job.num} ({' '.join(hc.overrides.task) or 'defaults'})"
+
+
+__all__ = ["USAGE", "Raw", "is_multirun", "job_label", "run", "translate"]

@@ -1,0 +1,136 @@
+"""How a run that cannot go on ends: one line on stderr and an exit code. A leaf module (stdlib only).
+
+Every failure a user can cause or meet is one of these, so the entry points print one line and exit:
+
+| exit | class           | when                                                        | line starts with |
+|------|-----------------|-------------------------------------------------------------|------------------|
+| 2    | ConfigError     | a bad setting, checkpoint, run dir or device: nothing ran   | `error: `        |
+| 3    | Diverged        | the loss or the weights became NaN/inf; nothing bad saved   | `error: `        |
+| 4    | WriteFailed     | a file could not be written (full disk, permissions)        | `error: `        |
+| 5    | ProcessDied     | a DDP process of the run died                               | `error: `        |
+| 130  | Stopped         | Ctrl-C (SIGINT) / 143 SIGTERM: a requested stop, not an error| `stopped `       |
+
+Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import sys
+from typing import Any
+
+USAGE, DIVERGED, WRITE_FAILED, PROCESS_DIED = 2, 3, 4, 5
+
+
+class EchoError(Exception):
+    """A failure with a one-line message and an exit code (see the module docstring)."""
+
+    exit_code = 1
+    prefix = "error: "
+
+    def line(self) -> str:
+        return f"{self.prefix}{self}"
+
+
+class ConfigError(EchoError, ValueError):
+    """A user-facing mistake: one line naming the setting, the value and what is allowed."""
+
+    exit_code = USAGE
+
+    def __init__(self, key: str, value: Any, allowed: str):
+        self.key, self.value, self.allowed = key, value, allowed
+        super().__init__(f"{key}={value!r} is invalid: {allowed}")
+
+    def __reduce__(self) -> tuple:
+        # Picklable with its own arguments: a joblib worker sends a failed job's error back to the sweep.
+        return (ConfigError, (self.key, self.value, self.allowed))
+
+
+class Diverged(EchoError):
+    """The loss or the weights became NaN or infinite: raised before anything of the bad state is saved."""
+
+    exit_code = DIVERGED
+
+    def __init__(self, step: int, what: str = "loss", kept: str = ""):
+        self.step, self.what, self.kept = step, what, kept
+        super().__init__(f"the {what} became NaN or infinite at step {step}: training diverged and was stopped"
+                         + (f"; {kept}" if kept else ""))
+
+    def __reduce__(self) -> tuple:
+        return (Diverged, (self.step, self.what, self.kept))
+
+
+class WriteFailed(EchoError):
+    """A file of the run could not be written; names the file and the reason."""
+
+    exit_code = WRITE_FAILED
+
+    def __init__(self, path: Any, reason: str, note: str = ""):
+        self.path, self.reason, self.note = str(path), reason, note
+        super().__init__(f"could not write {path}: {reason}" + (f"; {note}" if note else ""))
+
+    def __reduce__(self) -> tuple:
+        return (WriteFailed, (self.path, self.reason, self.note))
+
+
+class ProcessDied(EchoError):
+    """Another process of a DDP run died; this one stopped too."""
+
+    exit_code = PROCESS_DIED
+
+
+class Stopped(EchoError):
+    """A stop the user asked for (Ctrl-C, SIGTERM): not an error, but not a finished run either."""
+
+    prefix = ""
+
+    def __init__(self, signum: int, message: str):
+        self.signum, self.message = signum, message
+        self.exit_code = 128 + signum
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple:
+        return (Stopped, (self.signum, self.message))
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def disk_error(error: BaseException) -> WriteFailed | None:
+    """An OSError from writing (full disk, quota, permissions, read-only) as WriteFailed, else None."""
+    import errno
+
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS,
+                                                       errno.EIO):
+        return WriteFailed(error.filename or "an output file", os.strerror(error.errno))
+    return None
+
+
+def hydra_quote(value: str) -> str:
+    """`value` as a Hydra override value: as is when plain, else single-quoted with quotes escaped."""
+    import re
+
+    if re.fullmatch(r"[\w/.\-:+@%]+", value):
+        return value
+    escaped = value.replace("'", "\\'")
+    if escaped.endswith("\\"):  # a trailing backslash would escape the closing quote
+        escaped += "\\"
+    return f"'{escaped}'"
+
+
+def command(*args: str) -> str:
+    """A command line a user can paste into a shell (each argument shell-quoted)."""
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def report(error: EchoError, quiet: bool = False) -> int:
+    """Print the error's one line (unless `quiet`: a DDP rank whose rank 0 speaks) and return its exit code."""
+    if not quiet:
+        print(error.line(), file=sys.stderr, flush=True)
+    return error.exit_code

@@ -1,0 +1,77 @@
+"""The run's loggers (`conf/logger/`), the experiment's hyperparameters, and what only TensorBoard can show.
+
+`logger=` selects one or several loggers (`logger=many_loggers`: TensorBoard and CSV); each is a `_target_` node.
+Every logger gets the experiment's hyperparameters (`log_hyperparams`: for TensorBoard and CSV they also fill the
+run dir's `hparams.yaml`). TensorBoard's HParams tab gets them with the run's metrics, written directly so that no
+placeholder values enter the real curves. The echo figure goes to TensorBoard's Images tab, or to PNG files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from echo_lstm.errors import ConfigError
+
+# Packages that optional loggers need, and how to install them.
+OPTIONAL = {
+    "pytorch_lightning.loggers.WandbLogger": ("wandb", 'pip install -e ".[wandb]"'),
+    "pytorch_lightning.loggers.MLFlowLogger": ("mlflow", 'pip install -e ".[mlflow]"'),
+}
+# What defines the experiment (the HParams tab, hparams.yaml); the rest is how it runs (plumbing).
+EXPERIMENT_KEYS = ("layers", "seed", "target_acc", "model.net", "model.carry_state", "data", "optimizer",
+                   "trainer.gradient_clip_val", "trainer.gradient_clip_algorithm")
+PLUMBING = ("data._target_", "data.chunks_per_batch", "data.seed", "model.net.layers", "optimizer._partial_")
+
+
+def check_available(cfg: DictConfig) -> None:
+    """Refuse, with what to install, a logger whose package is missing (before any run dir is made)."""
+    for name, node in (cfg.logger or {}).items():
+        target = OmegaConf.select(node, "_target_") if node is not None else None
+        if target in OPTIONAL and importlib.util.find_spec(OPTIONAL[target][0]) is None:
+            package, install = OPTIONAL[target]
+            raise ConfigError("logger", name, f"needs the {package} package, which is not installed: {install}")
+
+
+def build_loggers(cfg: DictConfig, **tensorboard_kwargs: Any) -> list[Any]:
+    from hydra.utils import instantiate
+
+    loggers = []
+    for node in (cfg.logger or {}).values():
+        if node is None:
+            continue
+        is_tb = OmegaConf.select(node, "_target_", default="").endswith("TensorBoardLogger")
+        loggers.append(instantiate(node, **(tensorboard_kwargs if is_tb else {})))
+    return loggers
+
+
+def experiment_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved settings that define the experiment, flat (`model.net.state_size` -> 4)."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        elif prefix not in PLUMBING:
+            out[prefix] = node if isinstance(node, (bool, int, float, str)) else str(node)
+
+    for key in EXPERIMENT_KEYS:
+        value = OmegaConf.select(cfg, key)
+        walk(OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value, key)
+    return out
+
+
+def log_hparams(loggers: list[Any], cfg: DictConfig, metrics: tuple[str, ...]) -> None:
+    """Every logger gets the experiment's hyperparameters; TensorBoard's HParams tab also its metrics."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from torch.utils.tensorboard.summary import hparams
+
+    params = experiment_hparams(cfg)
+    for logger in loggers:
+        logger.log_hyperparams(params)
+        if isinstance(logger, TensorBoardLogger):
+            for summary in hparams(params, {m: float("nan") for m in metrics}):
+                logger.experiment.file_writer.add_summary(summary)

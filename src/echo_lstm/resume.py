@@ -1,0 +1,244 @@
+"""Continuing a run, and reading checkpoints safely: everything about resuming lives here.
+
+`python train.py resume=<run dir>|latest [resumable overrides]` is turned, before Hydra composes anything, into
+the resumed run's own command line: its stored overrides (`.hydra/overrides.yaml`), updated by the new ones,
+in its own dir (`hydra.run.dir`), with this session's Hydra files in `.hydra/resumed-<time>/`. So the resumed
+config is composed exactly as the original was, and a refused resume has written nothing:
+- the stored overrides are applied only if each is a key of this app's schema (or one of its config groups'
+  options) with a plain value: no `_target_`, no added keys, no interpolations. A run dir from someone else
+  cannot name code for this process to run;
+- a new override may change how the run goes on (`RESUMABLE`: more epochs or steps, devices, threads, figures,
+  checkpoint cadence), not what it computes: any other key is refused unless its value is the run's own;
+- the dir must hold a `last.ckpt` and no live run (its lock, see rundir.py).
+
+Checkpoints are read with `torch.load(..., weights_only=True)`: only tensors and plain data, no code runs. Their
+content is checked against the config before training starts from them.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from echo_lstm.errors import ConfigError, hydra_quote
+
+LAST = Path("checkpoints") / "last.ckpt"
+RUNS = Path("outputs/runs")
+
+# Keys whose change does not make a different experiment: how and where the run goes on.
+RESUMABLE = ("threads", "device", "device.", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time",
+             "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.enable_model_summary",
+             "checkpoint.", "figure.", "optimized_metric")
+# Command-line flags with which Hydra only shows something: no run, so no lock.
+SHOW_ONLY = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc")
+CODE_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
+
+
+def latest_run(root: Path = RUNS) -> Path | None:
+    """The most recently written run directory under `root` that holds `checkpoints/last.ckpt`."""
+    runs = [p.parent.parent for p in root.glob("*/checkpoints/last.ckpt")] if root.is_dir() else []
+    return max(runs, key=lambda p: (p / LAST).stat().st_mtime, default=None)
+
+
+def _parse(override: str, where: str) -> Any:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(override)
+    except Exception:
+        raise ConfigError(where, override, "is not a valid override") from None
+
+
+def resumed_argv(argv: list[str]) -> list[str]:
+    """`argv` with `resume=<dir>` replaced by that run's command line (see the module docstring); unchanged
+    without `resume=`. Locks the run dir unless the command only shows something (`--cfg`, `--help`)."""
+    from omegaconf import OmegaConf
+
+    from echo_lstm import rundir
+
+    given = [a for a in argv if a.split("=", 1)[0].lstrip("+~") == "resume"]
+    if not given:
+        return argv
+    value = _parse(given[-1], "resume").value()
+    if value in (None, "null", ""):
+        return argv
+    if any(a in ("-m", "--multirun") for a in argv):
+        raise ConfigError("resume", value, "resumes one run; it cannot be combined with a multirun (-m)")
+    if any(a.startswith(("hydra.run.dir=", "hydra.output_subdir=")) for a in argv):
+        raise ConfigError("hydra.run.dir", "...", "is the resumed run's own dir; drop it when resuming")
+    if value == "latest":
+        found = latest_run()
+        if found is None:
+            raise ConfigError("resume", value, f"no run under {RUNS} has a checkpoint to resume")
+        run = found
+    else:
+        run = Path(str(value)).expanduser()
+    if not run.is_dir():
+        raise ConfigError("resume", str(value), "no such run directory")
+    hydra_dir = run / ".hydra"
+    if not (hydra_dir / "overrides.yaml").is_file() or not (hydra_dir / "config.yaml").is_file():
+        raise ConfigError("resume", str(value), "is not a run directory of this app (.hydra/overrides.yaml and "
+                                                "config.yaml are missing)")
+    if not (run / LAST).is_file():
+        raise ConfigError("resume", str(value), f"holds no checkpoint ({LAST} is missing): nothing to resume")
+    try:
+        stored = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
+        stored_cfg = OmegaConf.load(hydra_dir / "config.yaml")
+        hydra_yaml = hydra_dir / "hydra.yaml"
+        choices = OmegaConf.to_container(OmegaConf.load(hydra_yaml).hydra.runtime.choices) \
+            if hydra_yaml.is_file() else {}
+    except Exception as error:
+        raise ConfigError("resume", str(value), f"its .hydra files are not readable ({error})") from None
+    stored = [o for o in stored if o.split("=", 1)[0].lstrip("+~") not in ("resume", "ckpt_path")]
+    check_stored_overrides(stored, str(run))
+    new = [a for a in argv if not a.startswith("-") and a not in given]
+    flags = [a for a in argv if a.startswith("-")]
+    check_resumable(new, stored_cfg, choices)
+    merged = {_parse(o, "resume").key_or_group: o for o in stored}
+    merged.update({_parse(o, "resume").key_or_group: o for o in new})
+    now = time.strftime("%Y-%m-%d_%H-%M-%S")
+    if not any(a in SHOW_ONLY for a in flags):
+        rundir.current = rundir.claim_existing(run, "resume", appends=("train.log",))
+        rundir.current.added.append(run / ".hydra" / f"resumed-{now}")
+    return [*flags, *merged.values(), f"resume={hydra_quote(str(run))}", f"hydra.run.dir={hydra_quote(str(run))}",
+            f"hydra.output_subdir={hydra_quote(f'.hydra/resumed-{now}')}"]
+
+
+def check_stored_overrides(stored: list[str], run: str) -> None:
+    """Accept from a run dir only overrides of this app's schema with plain values (see the module doc)."""
+    from hydra.core.override_parser.types import OverrideType
+
+    from echo_lstm.config import config_groups
+
+    groups = config_groups()
+    group_choices = [o for o in stored if _parse(o, "resume").key_or_group in groups]
+    schema = None
+    for text in stored:
+        override = _parse(text, f"resume={run}: stored override")
+        key = override.key_or_group
+        refuse = None
+        if override.is_sweep_override():
+            refuse = "is a sweep"
+        elif override.type in (OverrideType.ADD, OverrideType.FORCE_ADD) or text.startswith("+"):
+            refuse = "adds a key that is not in this app's schema"
+        elif any(code in key for code in CODE_KEYS) or key.startswith("hydra"):
+            refuse = "names code or Hydra settings"
+        elif key in groups:
+            if override.value() not in groups[key] and override.type != OverrideType.DEL:
+                refuse = f"is not an option of the {key} group ({', '.join(groups[key])})"
+        else:
+            value = override.value()
+            if not (value is None or isinstance(value, (bool, int, float, str))):
+                refuse = "is not a plain value"
+            elif isinstance(value, str) and "${" in value:
+                refuse = "is an interpolation"
+            else:
+                schema = schema if schema is not None else composed(group_choices)
+                if not has_key(schema, key):
+                    refuse = "is not a key of this app's config"
+        if refuse:
+            raise ConfigError(f"resume={run}: stored override", text, f"{refuse}; a run dir's stored overrides "
+                              "may only set this app's keys to plain values (edit its .hydra/overrides.yaml)")
+
+
+def composed(group_overrides: list[str]) -> Any:
+    """The app's config composed with these group choices: the keys a run of them has."""
+    from hydra import compose, initialize_config_dir
+
+    from echo_lstm.config import CONF_DIR, register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=group_overrides)
+
+
+def has_key(cfg: Any, key: str) -> bool:
+    from omegaconf import OmegaConf
+
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return node is not None and hasattr(node, "keys") and leaf in node
+
+
+def check_resumable(new: list[str], stored_cfg: Any, choices: dict[str, Any]) -> None:
+    """Refuse a new override that would change the experiment: not RESUMABLE and not the run's own value."""
+    from omegaconf import OmegaConf
+
+    for text in new:
+        override = _parse(text, "resume")
+        key = override.key_or_group
+        if key in RESUMABLE or key.startswith(tuple(k for k in RESUMABLE if k.endswith("."))):
+            continue
+        if key.startswith("hydra.") or key == "hydra":
+            continue
+        was = choices.get(key) if key in choices else OmegaConf.select(stored_cfg, key, default="<unset>")
+        if override.value() == was:
+            continue
+        raise ConfigError(key, override.value(), f"cannot change when resuming (the run used {was!r}): that would "
+                          "be a different experiment; start a new run instead (or ckpt_path=<its last.ckpt>)")
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+REQUIRED = ("state_dict", "optimizer_states", "loops", "callbacks", "global_step", "epoch", "echo_train_state",
+            "echo_rng_states")
+
+
+def read_checkpoint(path: Path, key: str) -> dict[str, Any]:
+    """Load a checkpoint safely (weights only: no code runs) or refuse with a one-line reason."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(key, str(path), "no such checkpoint file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt, truncated, foreign pickle: all refused the same way
+        text = str(error).strip()
+        if "Weights only load failed" in text:
+            reason = "it holds pickled objects beyond tensors and plain data; loading it could run code"
+        else:
+            reason = text.splitlines()[0][:120] if text else type(error).__name__
+        raise ConfigError(key, str(path), f"is not a readable checkpoint ({reason})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "echo_train_state" not in ckpt:
+        raise ConfigError(key, str(path), "is not an echo-lstm checkpoint (no model state or carried state)")
+    return ckpt
+
+
+def check_checkpoint(ckpt: dict[str, Any], model: Any, streams: int, key: str, path: Path,
+                     for_training: bool = True) -> None:
+    """Refuse a checkpoint that does not fit `model` (the config's network) or lacks what resuming needs."""
+    import torch
+
+    saved = (ckpt.get("hyper_parameters") or {}).get("net") or {}
+    wanted = getattr(model.hparams, "net", {}) or {}
+    for name in ("cell", "layers", "state_size"):
+        if name in saved and name in wanted and saved[name] != wanted[name]:
+            shown = "layers" if name == "layers" else f"model.net.{name}"
+            raise ConfigError(key, str(path), f"was trained with {shown}={saved[name]!r}, the config asks for "
+                                              f"{wanted[name]!r}; use the same setting or start a new run")
+    if for_training:
+        missing = [k for k in REQUIRED if k not in ckpt]
+        if missing:
+            raise ConfigError(key, str(path), f"lacks {', '.join(missing)}: an incomplete or edited checkpoint")
+    state_dict = ckpt["state_dict"]
+    expected = model.state_dict()
+    if not isinstance(state_dict, dict) or set(state_dict) != set(expected):
+        names = set(state_dict) if isinstance(state_dict, dict) else set()
+        odd = sorted(names ^ set(expected))[:3]
+        raise ConfigError(key, str(path), f"does not fit this network (parameters differ: {', '.join(odd)})")
+    for name, tensor in expected.items():
+        got = state_dict[name]
+        if not torch.is_tensor(got) or got.shape != tensor.shape:
+            raise ConfigError(key, str(path), f"does not fit this network ({name} has shape "
+                              f"{tuple(getattr(got, 'shape', ()))}, the config's network {tuple(tensor.shape)})")
+    state = ckpt.get("echo_train_state")
+    if state is not None:
+        net = model.net
+        want = (net.layers, net.parts, streams, net.state_size) if hasattr(net, "parts") else None
+        if not torch.is_tensor(state) or (want is not None and tuple(state.shape) != want):
+            raise ConfigError(key, str(path), f"its carried state has shape {tuple(getattr(state, 'shape', ()))}, "
+                              f"this run carries {want} ([layers, parts, streams, state_size])")

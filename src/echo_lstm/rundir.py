@@ -1,0 +1,140 @@
+"""Run dirs: claimed atomically, locked while a run uses them, and cleaned of exactly what a refused run made.
+
+- A new run's dir is made with `mkdir` (which fails if the dir exists), so two runs started in the same second
+  never share one: the default name (`outputs/runs/<date>_<time>`) then gets a suffix (`_1`, `_2`, ...). A dir
+  the user names (`hydra.run.dir=...`) must not exist yet or be empty: nothing of theirs is ever overwritten.
+- A run holds an exclusive lock (`flock`) on `<run dir>/.lock`, which holds its PID, until its process ends; a
+  second process that would use the dir (a resume) is refused while the first is alive. The kernel releases
+  the lock of a process that died, so a stale lock is taken over without a question.
+- When a run is refused after its dir was claimed, `release(remove=True)` removes what this process made: the
+  dir if it made it, else (an empty dir the user named, or a run being resumed) only the files it added, and
+  the run's log is cut back to its length before this process.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from echo_lstm.errors import ConfigError
+
+LOCK = ".lock"
+
+
+@dataclass
+class Claim:
+    path: Path
+    created: bool  # this process made the dir
+    existed: set[str] = field(default_factory=set)  # names in the dir before this process
+    log_sizes: dict[str, int] = field(default_factory=dict)  # files it may append to: their size before
+    added: list[Path] = field(default_factory=list)  # paths inside existing subdirs that this process makes
+    lock_fd: int | None = None
+    claimed_at: float = field(default_factory=time.time)
+
+    def trained(self) -> bool:
+        """Whether this process has written a checkpoint: then the dir holds a run to keep, whatever happens."""
+        last = self.path / "checkpoints" / "last.ckpt"
+        return last.is_file() and last.stat().st_mtime >= self.claimed_at
+
+    def release(self, remove: bool = False) -> None:
+        """Unlock; with `remove`, take away everything this process added to the dir (see the module doc), unless
+        it has trained (written a checkpoint)."""
+        if remove and self.path.is_dir() and not self.trained():
+            if self.created:
+                shutil.rmtree(self.path, ignore_errors=True)
+            else:
+                for path in self.added:
+                    shutil.rmtree(path, ignore_errors=True)
+                for child in self.path.iterdir():
+                    if child.name not in self.existed and child.name != LOCK:
+                        shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+                for name, size in self.log_sizes.items():
+                    _truncate(self.path / name, size)
+                if LOCK not in self.existed:
+                    (self.path / LOCK).unlink(missing_ok=True)
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)  # closing the descriptor releases the flock
+            self.lock_fd = None
+
+
+def _truncate(path: Path, size: int) -> None:
+    try:
+        if path.stat().st_size > size:
+            os.truncate(path, size)
+    except OSError:
+        pass
+
+
+def _os_error(key: str, path: Path, error: OSError) -> ConfigError:
+    reason = os.strerror(error.errno) if error.errno else str(error)
+    return ConfigError(key, str(path), f"cannot be created: {reason}")
+
+
+def claim_new(path: Path, key: str, unique: bool) -> Claim:
+    """Make `path` for a new run and lock it. `unique`: the name is the app's default, so an existing one gets a
+    suffix; else an existing dir must be empty. Raises ConfigError with the reason when that cannot be done."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _os_error(key, path, error) from None
+    candidates = [path] + ([path.with_name(f"{path.name}_{i}") for i in range(1, 1000)] if unique else [])
+    for candidate in candidates:
+        try:
+            candidate.mkdir()
+            return lock(Claim(candidate, created=True), key)
+        except FileExistsError:
+            if unique:
+                continue
+            if not candidate.is_dir():
+                raise ConfigError(key, str(path), "exists and is not a directory") from None
+            existing = {p.name for p in candidate.iterdir()}
+            if existing:
+                raise ConfigError(key, str(path), "exists and is not empty: a new run needs a new or empty "
+                                  "directory (to continue the run in it: resume=<dir>)") from None
+            return lock(Claim(candidate, created=False), key)
+        except OSError as error:  # a symlink loop, a name too long, a read-only or virtual file system ...
+            raise _os_error(key, path, error) from None
+    raise ConfigError(key, str(path), "no free name with a numbered suffix")
+
+
+def claim_existing(path: Path, key: str, appends: tuple[str, ...] = ()) -> Claim:
+    """Lock an existing run dir (a resume), recording what is in it and the sizes of `appends` (logs)."""
+    claim = Claim(path, created=False, existed={p.name for p in path.iterdir()})
+    claim.log_sizes = {name: (path / name).stat().st_size for name in appends if (path / name).is_file()}
+    return lock(claim, key)
+
+
+def lock(claim: Claim, key: str) -> Claim:
+    """Take `<dir>/.lock` (flock) and write our PID into it; refuse when a live process holds it."""
+    import fcntl
+
+    path = claim.path / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:
+        claim.release(remove=True)
+        raise _os_error(key, claim.path, error) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise ConfigError(key, str(claim.path), f"is in use by a live run ({holder}); wait for it to end or "
+                              "stop it first") from None
+        raise _os_error(key, claim.path, error) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+    claim.lock_fd = fd
+    return claim
+
+
+# The claims of this process, made before Hydra writes into the dirs (preflight, resume); read on a refusal.
+current: Claim | None = None  # the run's dir
+sweep: Claim | None = None  # a multirun's sweep dir

@@ -1,0 +1,49 @@
+"""Sweep job dirs (= TensorBoard run names) that say what differs: `<job number>_<swept values>`, e.g. `2_layers=3`.
+
+The preflight callback records which keys the sweep varies (`record_swept_keys`, at the start of the multirun);
+jobs may run in other processes (joblib, submitit), which inherit it through the environment.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+SWEPT_KEYS_ENV = "ECHO_LSTM_SWEPT_KEYS"
+
+
+def split_override(override: str) -> tuple[str, str]:
+    """`+key=value` / `~key=value` / `key=value` -> (key, value)."""
+    key, _, value = override.partition("=")
+    return key.lstrip("+~"), value
+
+
+def swept_keys(task_overrides: list[str], sweeper_params: Any = None) -> list[str]:
+    """The keys a multirun varies: sweep overrides (`layers=1,2`) and the sweeper's search space (Optuna)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(task_overrides))
+    return [o.key_or_group for o in parsed if o.is_sweep_override()] + list(sweeper_params or {})
+
+
+def record_swept_keys(keys: list[str]) -> None:
+    os.environ[SWEPT_KEYS_ENV] = ",".join(keys)
+
+
+def sweep_job_name(num: int, overrides: Any) -> str:
+    """Hydra resolver for `hydra.sweep.subdir`: `<job number>_<the job's values of the swept keys>`.
+
+    The constant overrides are the same for every job, so they stay out of the name (they are in the sweep
+    summary). Without the list of swept keys (a job started elsewhere), all overrides are named, shortened to
+    fit a file name.
+    """
+    swept = os.environ.get(SWEPT_KEYS_ENV)
+    items = [str(o) for o in overrides]
+    if swept is not None:
+        keys = set(swept.split(",")) - {""}
+        items = [o for o in items if split_override(o)[0] in keys]
+    name = f"{num}_{','.join(items)}" if items else str(num)
+    if len(name) > 120:
+        name = f"{name[:110]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name.replace("/", "_")

@@ -1,0 +1,1 @@
+"""Pictures of runs and sweeps: the tutorial's echo figure and the sweep summary plot."""
