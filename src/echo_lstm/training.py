@@ -76,6 +76,14 @@ class RunResult:
     def value(self, name: str) -> float:
         return self.metrics.get(name, math.nan)
 
+    def write(self) -> None:
+        """`<run dir>/result.json`: what the run computed, for scripts (e.g. benchmarks/throughput.py)."""
+        import json
+
+        data = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        data["metrics"] = {k: (v if math.isfinite(v) else str(v)) for k, v in self.metrics.items()}
+        (self.run_dir / "result.json").write_text(json.dumps(data, indent=1) + "\n")
+
 
 @dataclass
 class Start:
@@ -133,7 +141,9 @@ def trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
     return args
 
 
-def train(cfg: DictConfig) -> RunResult:
+def train(cfg: DictConfig, callbacks: list[Any] | None = None) -> RunResult:
+    """Train from a validated config (train.py calls it); `callbacks` are added to the configured ones (e.g. a
+    probe). Writes `<run dir>/result.json` (RunResult) at the end, on rank 0."""
     quiet_libraries()
     import pytorch_lightning as pl
     import torch
@@ -161,7 +171,7 @@ def train(cfg: DictConfig) -> RunResult:
     # Resuming appends to the same TensorBoard run; purge_step tells TensorBoard to drop what the interrupted run
     # logged after its last checkpoint, so no step appears twice.
     loggers = build_loggers(cfg, **({"purge_step": start.step + 1} if start.in_place else {}))
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None]
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None] + list(callbacks or [])
     args = trainer_arguments(cfg)
     callbacks = drop_disabled(callbacks, args)
     if isinstance(args.get("val_check_interval"), int):  # a series shorter than that: once per epoch (warned)
@@ -204,6 +214,8 @@ def train(cfg: DictConfig) -> RunResult:
     result = summarize(trainer, model, cfg, start, time.perf_counter() - started, run_dir)
     if start.path is not None and trainer.global_step == start.step and not result.metrics.get("val/acc"):
         result.stop_reason = "already complete"
+    if trainer.is_global_zero:
+        result.write()
     return result
 
 
