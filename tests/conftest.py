@@ -1,4 +1,4 @@
-"""Shared test helpers: compose configs like the app does, run train.py as a user would, read TensorBoard."""
+"""Shared test helpers: compose configs like the app does, run the entry points as a user would, read TensorBoard."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config):
-    # As the app does (`threads: 1`): this tiny model only loses from intra-op threads, and 2 cores shared
-    # with subprocess runs make torch's spinning thread pool 100x slower.
+    # As the app does (`threads: 1`): this tiny model only loses from intra-op threads, and 2 cores shared with
+    # subprocess runs make torch's spinning thread pool 100x slower.
     import torch
 
     torch.set_num_threads(1)
+
 
 # A short run on a tiny series: enough to exercise every path, far too short to learn.
 TINY = [
@@ -32,7 +33,8 @@ TINY = [
 ]
 
 
-def compose(*overrides: str, run_dir: str | Path = "/tmp/echo-lstm-test", return_hydra_config: bool = False):
+def compose(*overrides: str, run_dir: str | Path = "/tmp/echo-lstm-test", return_hydra_config: bool = False,
+            config_name: str = "train"):
     """The app's config, composed with Hydra's compose API (no run, no output dir)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
@@ -41,21 +43,41 @@ def compose(*overrides: str, run_dir: str | Path = "/tmp/echo-lstm-test", return
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        return hydra_compose("train", overrides=[*overrides, f"run_dir={run_dir}"],
-                             return_hydra_config=return_hydra_config)
+        extra = [f"run_dir={run_dir}"] if config_name == "train" else []
+        return hydra_compose(config_name, overrides=[*overrides, *extra], return_hydra_config=return_hydra_config)
+
+
+def make_model(*overrides: str, **kwargs):
+    """An EchoLSTM built from the app's config (the defaults' one home), e.g. make_model("layers=2")."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = compose(*overrides)
+    return instantiate(cfg.model, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True), _recursive_=False,
+                       **kwargs)
+
+
+def make_datamodule(*overrides: str):
+    from hydra.utils import instantiate
+
+    return instantiate(compose(*overrides).data)
+
+
+def run_script(script: str, *args: str, cwd: Path = REPO, timeout: float = 600, env: dict | None = None,
+               ) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 def run_train(*overrides: str, run_dir: Path | None = None, cwd: Path = REPO, timeout: float = 600,
               env: dict | None = None, multirun: bool = False) -> subprocess.CompletedProcess:
     """`python train.py OVERRIDES` in a subprocess, exactly as a user runs it."""
-    args = [sys.executable, str(REPO / "train.py")]
-    if multirun:
-        args.append("-m")
-    args += list(overrides)
+    args = (["-m"] if multirun else []) + list(overrides)
     if run_dir is not None:
         args.append(f"hydra.run.dir={run_dir}")
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return run_script("train.py", *args, cwd=cwd, timeout=timeout, env=env)
 
 
 def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -69,6 +91,24 @@ def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 def event_files(root: Path) -> list[Path]:
     return sorted(root.rglob("events.out.tfevents.*"))
+
+
+def assert_refused(proc: subprocess.CompletedProcess, *names: str, code: int = 2) -> str:
+    """The whole error promise: the exit code, exactly one line on stderr and it starts with `error:`, it names
+    what it must, no traceback, no Hydra hint. Returns the line."""
+    out = proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == code, f"exit {proc.returncode}\n{out[-3000:]}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), out[-3000:]
+    assert "Traceback" not in out and "HYDRA_FULL_ERROR" not in out, out[-3000:]
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    return lines[0]
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    """Every file under `path` with its content: to prove that a refused run touched nothing."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture

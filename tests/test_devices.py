@@ -88,7 +88,7 @@ def test_multirun_of_ddp_jobs_gives_each_job_its_own_dir(tmp_path, ok):
         assert len(event_files(job)) == 1
         assert (job / "checkpoints" / "last.ckpt").is_file()
         ckpt = torch.load(job / "checkpoints" / "last.ckpt", weights_only=False)
-        assert ckpt["hyper_parameters"]["layers"] == layers and ckpt["global_step"] == 60
+        assert ckpt["hyper_parameters"]["net"]["layers"] == layers and ckpt["global_step"] == 60
 
 
 @pytest.mark.slow
@@ -101,13 +101,13 @@ def test_submitit_local_launcher_runs_a_job(tmp_path, ok):
 
 
 def test_submitit_slurm_config_matches_the_device(ok):
-    proc = ok(run_train("--cfg", "hydra", "hydra/launcher=submitit_slurm", timeout=60))
+    proc = ok(run_train("--cfg", "hydra", "hydra/launcher=slurm", timeout=60))
     assert "SlurmLauncher" in proc.stdout
     for line in ("gpus_per_node: ${device.devices}", "tasks_per_node: ${device.devices}",
                  "nodes: ${device.num_nodes}", "signal_delay_s: 120"):
         assert line in proc.stdout, line
     # Resolved against the job's config, one SLURM task per GPU on every node:
-    cfg = compose("hydra/launcher=submitit_slurm", "device=multi_gpu", "device.devices=4", "device.num_nodes=2",
+    cfg = compose("hydra/launcher=slurm", "device=multi_gpu", "device.devices=4", "device.num_nodes=2",
                   return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (4, 4, 2)

@@ -110,8 +110,9 @@ def translate(error: BaseException, argv: list[str]) -> ConfigError | None:
         return ConfigError(key, value, f"no such setting{hint}; `python train.py --cfg job` lists them")
     if isinstance(cause, ValidationError) and getattr(cause, "full_key", None):
         text = str(cause).splitlines()[0]
-        wanted = re.search(r"could not be converted to (\w+)", text)
-        kinds = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "String": "a string"}
+        wanted = re.search(r"could not be converted to (\w+)", text) or re.search(r"is not a valid (bool)", text)
+        kinds = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "bool": "true or false",
+                 "String": "a string"}
         allowed = f"must be {kinds.get(wanted.group(1), wanted.group(1))}" if wanted else text
         return ConfigError(str(cause.full_key), Raw(str(cause.value)), allowed)
     if isinstance(error, (ConfigCompositionException, OmegaConfBaseException)):

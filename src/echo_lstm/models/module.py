@@ -64,6 +64,13 @@ def chunk_metrics(stage: str, loss: torch.Tensor, preds: torch.Tensor, y: torch.
     }
 
 
+def plain(config: Any) -> Any:
+    """A Hydra/OmegaConf node as plain Python data (what a checkpoint may hold)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else config
+
+
 class EchoLSTM(pl.LightningModule):
     def __init__(
         self,
@@ -79,6 +86,7 @@ class EchoLSTM(pl.LightningModule):
         """`net`: the network's config (`_target_` and its arguments); `optimizer`: a `_target_` + `_partial_`
         config (conf/optimizer/). Plain data only, so checkpoints load with `weights_only=True`."""
         super().__init__()
+        net, optimizer = plain(net), plain(optimizer)  # (before save_hyperparameters, which reads these locals)
         self.save_hyperparameters(logger=False)  # the app logs the experiment's config itself
         self.automatic_optimization = False
         self.net = instantiate(net, _convert_="all")
