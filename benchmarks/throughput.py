@@ -87,8 +87,10 @@ def project_overrides(a: argparse.Namespace, data: Any, threads: int) -> list[st
          f"data.truncated_backprop_length={a.chunk_length}", f"threads={threads}"]
     if a.chunks_per_batch is not None:
         o.append(f"data.chunks_per_batch={a.chunks_per_batch}")
-    if a.streams != data.batch_size:  # streams as long as by default: else an epoch may be shorter than
-        o.append(f"data.total_series_length={data.total_series_length // data.batch_size * a.streams}")  # a val
+    # Each stream as long as by default: with many streams the default total would make an epoch shorter than
+    # trainer.val_check_interval, which Lightning refuses.
+    if a.streams != data.batch_size:
+        o.append(f"data.total_series_length={data.total_series_length // data.batch_size * a.streams}")
     if data.val_series_length // a.streams < a.chunk_length:  # validation needs one chunk per stream
         o.append(f"data.val_series_length={a.streams * a.chunk_length}")
     return [*o, *(["device.accelerator=gpu"] if a.device == "gpu" else []), *a.overrides]
@@ -116,9 +118,11 @@ def prepare(a: argparse.Namespace, tmp: Path) -> Bench:
     d = compose(overrides, tmp / "check").data
     w = Workload(a.layers, a.state_size, a.streams, a.chunk_length, d.chunks_per_batch, d.total_series_length //
                  a.streams, d.echo_step, int(d.seed), threads, "cuda" if a.device == "gpu" else "cpu")
-    timed = a.chunks  # default: calibrated on (a), which doubles as a first warm-up
-    timed = timed or min(MAX_AUTO_CHUNKS, round(hand_written(w, 8, w.chunks_per_batch).rate * AUTO_SECONDS) or 1)
-    return Bench(w, overrides, threads_from, tmp, timed=-(-timed // w.chunks_per_batch) * w.chunks_per_batch)
+    timed = a.chunks
+    if timed is None:  # about AUTO_SECONDS of (a); the calibration doubles as a first warm-up
+        timed = min(MAX_AUTO_CHUNKS, max(1, round(hand_written(w, 8, w.chunks_per_batch).rate * AUTO_SECONDS)))
+    cpb = w.chunks_per_batch
+    return Bench(w, overrides, threads_from, tmp, timed=-(-timed // cpb) * cpb)  # whole batches
 
 
 def project(b: Bench, repeat: int) -> Measure:
