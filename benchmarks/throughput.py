@@ -190,7 +190,7 @@ class Report:
     machine: dict[str, Any]  # arch, cores, versions, malloc_tuned, 1-minute load average at start and end
     repeats: list[dict[str, Any]]  # each: {"a": Measure and rates, "b": Measure and rates}
     summary: dict[str, Stats]  # ROWS' keys: min, median, max over the repeats
-    target: dict[str, Any]  # median b/a (train), the target, whether met
+    target: dict[str, Any]  # median b/a (train), its target, whether met; the limit for the quick commands
     startup: dict[str, float]  # seconds, excluded from chunks/s
     cli: Cli | None = None
     wall_s: float = 0.0
@@ -211,7 +211,8 @@ def make_report(a: argparse.Namespace, b: Bench, pairs: list[tuple[Measure, Meas
     startup = {"imports_s": imports_s, "compose_s_median": statistics.median(b.compose_s),
                "train_to_first_batch_s_median": statistics.median(mb.startup for _, mb in pairs)}
     return Report(settings, {**machine, "load_end": load()}, repeats, summary,
-                  {"ratio_train_median": med, "at_least": TARGET_RATIO, "met": med >= TARGET_RATIO}, startup)
+                  {"ratio_train_median": med, "at_least": TARGET_RATIO, "met": med >= TARGET_RATIO,
+                   "cli_limit_s": CLI_LIMIT_S}, startup)
 
 
 def print_header(a: argparse.Namespace, b: Bench, m: dict[str, Any]) -> None:
