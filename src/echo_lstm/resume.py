@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import time
 import warnings
+
+import yaml
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +86,7 @@ def resumed_argv(argv: list[str]) -> list[str]:
     if not (run / LAST).is_file():
         raise ConfigError("resume", str(value), f"holds no checkpoint ({LAST} is missing): nothing to resume")
     try:
-        stored = [str(o) for o in OmegaConf.load(hydra_dir / "overrides.yaml")]
+        stored = [str(o) for o in yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) or []]
         stored_cfg = OmegaConf.load(hydra_dir / "config.yaml")
         hydra_yaml = hydra_dir / "hydra.yaml"
         choices = OmegaConf.to_container(OmegaConf.load(hydra_yaml).hydra.runtime.choices) \
@@ -112,35 +114,36 @@ def check_stored_overrides(stored: list[str], run: str) -> None:
 
     from echo_lstm.config import config_groups
 
+    def refuse(text: str, why: str) -> ConfigError:
+        return ConfigError(f"resume={run}: stored override", text, f"{why}; a run dir's stored overrides may only "
+                           "set this app's keys to plain values (edit its .hydra/overrides.yaml)")
+
     groups = config_groups()
-    group_choices = [o for o in stored if _parse(o, "resume").key_or_group in groups]
-    schema = None
-    for text in stored:
-        override = _parse(text, f"resume={run}: stored override")
+    parsed = [(text, _parse(text, f"resume={run}: stored override")) for text in stored]
+    settings = []
+    for text, override in parsed:
         key = override.key_or_group
-        refuse = None
         if override.is_sweep_override():
-            refuse = "is a sweep"
-        elif override.type in (OverrideType.ADD, OverrideType.FORCE_ADD) or text.startswith("+"):
-            refuse = "adds a key that is not in this app's schema"
-        elif any(code in key for code in CODE_KEYS) or key.startswith("hydra"):
-            refuse = "names code or Hydra settings"
-        elif key in groups:
+            raise refuse(text, "is a sweep")
+        if override.type in (OverrideType.ADD, OverrideType.FORCE_ADD) or text.startswith("+"):
+            raise refuse(text, "adds a key that is not in this app's schema")
+        if any(code in key for code in CODE_KEYS) or key.startswith("hydra"):
+            raise refuse(text, "names code or Hydra settings")
+        if key in groups:
             if override.value() not in groups[key] and override.type != OverrideType.DEL:
-                refuse = f"is not an option of the {key} group ({', '.join(groups[key])})"
-        else:
-            value = override.value()
-            if not (value is None or isinstance(value, (bool, int, float, str))):
-                refuse = "is not a plain value"
-            elif isinstance(value, str) and "${" in value:
-                refuse = "is an interpolation"
-            else:
-                schema = schema if schema is not None else composed(group_choices)
-                if not has_key(schema, key):
-                    refuse = "is not a key of this app's config"
-        if refuse:
-            raise ConfigError(f"resume={run}: stored override", text, f"{refuse}; a run dir's stored overrides "
-                              "may only set this app's keys to plain values (edit its .hydra/overrides.yaml)")
+                raise refuse(text, f"is not an option of the {key} group ({', '.join(groups[key])})")
+            continue
+        value = override.value()
+        if not (value is None or isinstance(value, (bool, int, float, str))):
+            raise refuse(text, "is not a plain value")
+        if isinstance(value, str) and "${" in value:
+            raise refuse(text, "is an interpolation")
+        settings.append((text, key))
+    if settings:  # every key must exist in the config that the (checked) group choices compose
+        schema = composed([text for text, o in parsed if o.key_or_group in groups])
+        for text, key in settings:
+            if not has_key(schema, key):
+                raise refuse(text, "is not a key of this app's config")
 
 
 def composed(group_overrides: list[str]) -> Any:

@@ -143,11 +143,23 @@ def trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
 
 def train(cfg: DictConfig, callbacks: list[Any] | None = None) -> RunResult:
     """Train from a validated config (train.py calls it); `callbacks` are added to the configured ones (e.g. a
-    probe). Writes `<run dir>/result.json` (RunResult) at the end, on rank 0."""
+    probe). Writes `<run dir>/result.json` (RunResult) at the end, on rank 0. A full disk or a denied write anywhere
+    is a WriteFailed naming the file (or the run dir's event file, when the writer does not say)."""
+    try:
+        return _train(cfg, callbacks)
+    except OSError as error:
+        written = disk_error(error, f"{cfg.run_dir}/events.out.tfevents.* (TensorBoard)")
+        if written is None:
+            raise
+        raise written from None
+
+
+def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
     quiet_libraries()
     import pytorch_lightning as pl
     import torch
     from hydra.utils import instantiate
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
     from echo_lstm import distributed
     from echo_lstm.callbacks.checkpoint import AtomicCheckpointIO
@@ -174,14 +186,16 @@ def train(cfg: DictConfig, callbacks: list[Any] | None = None) -> RunResult:
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None] + list(callbacks or [])
     args = trainer_arguments(cfg)
     callbacks = drop_disabled(callbacks, args)
+    if args.get("enable_checkpointing") is None and not any(isinstance(c, pl.callbacks.Checkpoint) for c in callbacks):
+        args["enable_checkpointing"] = False  # no checkpoint callback configured: none of Lightning's either
     if isinstance(args.get("val_check_interval"), int):  # a series shorter than that: once per epoch (warned)
         args["val_check_interval"] = min(args["val_check_interval"], len(datamodule.train_dataloader()))
     try:
         trainer = pl.Trainer(**device, **args, logger=loggers or False, callbacks=callbacks,
                              default_root_dir=str(run_dir), use_distributed_sampler=False,
                              plugins=[AtomicCheckpointIO()])  # atomic checkpoint writes
-    except (ValueError, TypeError) as error:  # Lightning's MisconfigurationException is a ValueError
-        raise ConfigError("trainer", _first_line(error), "Lightning refused these Trainer settings") from None
+    except (MisconfigurationException, ValueError, TypeError) as error:
+        raise trainer_refusal(error, cfg) from None
     if os.environ.get("SLURM_JOB_ID") and trainer.is_global_zero:
         (run_dir / SLURM_JOB).write_text(os.environ["SLURM_JOB_ID"] + "\n")
     if trainer.is_global_zero:
@@ -191,6 +205,10 @@ def train(cfg: DictConfig, callbacks: list[Any] | None = None) -> RunResult:
             say(f"echo-lstm: continuing {os.path.relpath(run_dir)} from step {start.step} (epoch {start.epoch})")
         elif start.path is not None:
             say(f"echo-lstm: a new run from {os.path.relpath(start.path)} (step {start.step})")
+    from echo_lstm import rundir
+
+    if rundir.current is not None:
+        rundir.current.started = True
     with distributed.job_scope() as ranks:
         ranks.start(trainer, run_dir, cfg.device.strategy)
         try:
@@ -207,9 +225,6 @@ def train(cfg: DictConfig, callbacks: list[Any] | None = None) -> RunResult:
                                   f"{checkpoint_note(run_dir).capitalize()}; continue with: "
                                   f"{command('python', 'train.py', 'resume=' + hydra_quote(os.path.relpath(run_dir)))}") \
                     from None
-            written = disk_error(error)
-            if written is not None:
-                raise written from None
             raise
     result = summarize(trainer, model, cfg, start, time.perf_counter() - started, run_dir)
     if start.path is not None and trainer.global_step == start.step and not result.metrics.get("val/acc"):
@@ -246,8 +261,17 @@ def drop_disabled(callbacks: list[Any], args: dict[str, Any]) -> list[Any]:
     return callbacks
 
 
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+def trainer_refusal(error: BaseException, cfg: DictConfig) -> ConfigError:
+    """Lightning's refusal of a Trainer argument as one line naming it (Lightning names it in backticks)."""
+    import re
+
+    from echo_lstm.cli import Raw
+
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    named = [n for n in re.findall(r"`(\w+)", text) if n in cfg.trainer]
+    if named:
+        return ConfigError(f"trainer.{named[0]}", cfg.trainer[named[0]], f"Lightning refuses it: {text}")
+    return ConfigError("trainer", Raw("..."), f"Lightning refuses these settings: {text}")
 
 
 def stop_reason(trainer: Any, reached_via: str | None) -> str:

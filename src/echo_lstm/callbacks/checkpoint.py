@@ -40,6 +40,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    existed = path.exists()
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
@@ -49,7 +50,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     except OSError as error:
         tmp.unlink(missing_ok=True)
         reason = os.strerror(error.errno) if error.errno else str(error)
-        raise WriteFailed(path, reason, "the previous checkpoint is intact") from error
+        raise WriteFailed(path, reason, "the previous one is intact" if existed else "") from error
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -31,6 +31,15 @@ def record_swept_keys(keys: list[str]) -> None:
     os.environ[SWEPT_KEYS_ENV] = ",".join(keys)
 
 
+def job_values(overrides: list[str]) -> list[str]:
+    """A job's overrides of the keys its sweep varies (all of them when the sweep's keys are unknown)."""
+    swept = os.environ.get(SWEPT_KEYS_ENV)
+    if swept is None:
+        return overrides
+    keys = set(swept.split(",")) - {""}
+    return [o for o in overrides if split_override(o)[0] in keys]
+
+
 def sweep_job_name(num: int, overrides: Any) -> str:
     """Hydra resolver for `hydra.sweep.subdir`: `<job number>_<the job's values of the swept keys>`.
 
@@ -38,11 +47,7 @@ def sweep_job_name(num: int, overrides: Any) -> str:
     summary). Without the list of swept keys (a job started elsewhere), all overrides are named, shortened to
     fit a file name.
     """
-    swept = os.environ.get(SWEPT_KEYS_ENV)
-    items = [str(o) for o in overrides]
-    if swept is not None:
-        keys = set(swept.split(",")) - {""}
-        items = [o for o in items if split_override(o)[0] in keys]
+    items = job_values([str(o) for o in overrides])
     name = f"{num}_{','.join(items)}" if items else str(num)
     if len(name) > 120:
         name = f"{name[:110]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
