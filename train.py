@@ -64,4 +64,5 @@ def release_claim() -> None:
 if __name__ == "__main__":
     from echo_lstm.resume import resumed_argv
 
-    cli.run(main, sys.argv[1:], prepare=None if is_launched_rank() else resumed_argv, on_failure=release_claim)
+    cli.run(main, sys.argv[1:], prepare=None if is_launched_rank() else resumed_argv, on_failure=release_claim,
+            about=__doc__.strip().splitlines()[0] + " See README.md.")

@@ -113,7 +113,7 @@ class Preflight(Callback):
             rundir.current = rundir.claim_new(Path(config.hydra.run.dir), "hydra.run.dir",
                                               unique=not user_set(config, "hydra.run.dir"))
         except ConfigError as error:
-            sys.exit(report(error))
+            raise
         with read_write(config.hydra.run):
             config.hydra.run.dir = str(rundir.current.path)
 
@@ -149,7 +149,7 @@ def build_net(ckpt: dict[str, Any], path: Path) -> Any:
         problem = ("is missing" if not torch.is_tensor(got) else
                    f"has shape {tuple(got.shape)}, its network config says {tuple(tensor.shape)}"
                    if got.shape != tensor.shape else "is not finite" if not torch.isfinite(got).all() else None)
-        if False:
+        if problem:
             raise ConfigError(KEY, str(path), f"its weight net.{name} {problem}")
     net = net.to_empty(device="cpu")
     net.load_state_dict(weights, strict=True)
