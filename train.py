@@ -31,14 +31,16 @@ def main(cfg: DictConfig) -> float:
         for warning in validate(cfg):
             if speaker:
                 print(f"warning: {warning}", file=sys.stderr)
-        from echo_lstm.training import summary_line, summary_lines, train
+        from echo_lstm.training import say, summary_line, summary_lines, train
 
         result = train(cfg)
         if speaker:
             if multirun:
-                print(f"{cli.job_label()}: {summary_line(result, cfg)}", flush=True)
-            elif result.stop_reason != "already complete":
-                print("\n".join(summary_lines(result, cfg)), flush=True)
+                say(f"{cli.job_label()}: {summary_line(result, cfg)}")
+            elif result.stop_reason == "already complete":
+                say(f"echo-lstm: {result.run_dir} is already complete at step {result.step}: nothing to train")
+            else:
+                say("\n".join(summary_lines(result, cfg)))
         value = result.value(cfg.optimized_metric)
         return JobResult(value, result.metrics, step=result.step) if multirun else value
     except EchoError as error:

