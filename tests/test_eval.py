@@ -208,6 +208,14 @@ def nested_target(m: dict) -> Path:  # a known target, but an argument that Hydr
     return hand_made(m["tmp"] / "n.ckpt", net=net)
 
 
+def extra_weight(m: dict) -> Path:
+    path = hand_made(m["tmp"] / "e.ckpt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["state_dict"]["net.rnn.weight_ih_l9"] = torch.zeros(16, 4)
+    torch.save(ckpt, path)
+    return path
+
+
 def misfit(m: dict) -> Path:  # weights of 4 units, a config of 4096: refused before allocating the network
     net = {"_target_": "echo_lstm.models.net.StackedRNN", "cell": "lstm", "layers": 2, "state_size": 4096}
     return hand_made(m["tmp"] / "m.ckpt", net=net)
@@ -223,10 +231,11 @@ ERRORS = {  # name: (the arguments, given a case's files `m`; words the error li
     "an unknown _target_": (lambda m: [f"ckpt_path={code_target(m)}"], ["builtins.open", "not one this app builds"]),
     "a _target_ inside the network's arguments": (lambda m: [f"ckpt_path={nested_target(m)}"], ["'cell'", "plain"]),
     "weights that do not fit the network": (lambda m: [f"ckpt_path={misfit(m)}"], ["shape"]),
+    "a weight the network does not have": (lambda m: [f"ckpt_path={extra_weight(m)}"], ["weight_ih_l9"]),
     "streams=0": (lambda m: [f"ckpt_path={m['ckpt']}", "streams=0"], ["streams=0"]),
     "length shorter than one chunk": (lambda m: [f"ckpt_path={m['ckpt']}", "length=14"], ["length=14", "chunk"]),
     "the training seed": (lambda m: [f"ckpt_path={m['ckpt']}", "seed=1234"], ["seed=1234", "training seed"]),
-    "device=gpu without a GPU": (lambda m: [f"ckpt_path={m['ckpt']}", "device=gpu"], ["device.accelerator"]),
+    "device=gpu without a GPU": (lambda m: [f"ckpt_path={m['ckpt']}", "device=gpu"], ["device.accelerator", "CUDA"]),
 }
 GOOD = "the hand-made checkpoint itself"  # the control: the cases above differ from it only in what they break
 

@@ -109,7 +109,6 @@ def test_a_checkpoint_at_a_validation_step_is_written_after_that_validation(tmp_
     """Lightning resumes a checkpoint written between a batch and its validation without that validation,
     so a kill in between would lose the point for good (it happened in CI under DDP): never save there."""
     import pytorch_lightning as pl
-
     from conftest import make_datamodule, make_model
 
     from echo_lstm.callbacks.checkpoint import LastCheckpoint

@@ -17,15 +17,16 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from echo_lstm.errors import USAGE, ConfigError, EchoError, WriteFailed, disk_error, quiet_thread_disk_errors, report
-
-
-class Raw(str):
-    """A value as the user typed it (shown without quotes)."""
-
-    def __repr__(self) -> str:
-        return str(self)
-
+from echo_lstm.errors import (
+    USAGE,
+    ConfigError,
+    EchoError,
+    Raw,
+    WriteFailed,
+    disk_error,
+    quiet_thread_disk_errors,
+    report,
+)
 
 # Optional Hydra plugins: (override prefixes that select it, its module, how to install it).
 OPTIONAL_PLUGINS = [

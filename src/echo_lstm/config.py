@@ -387,7 +387,8 @@ def check_memory(cfg: Any) -> None:
         return
     d = cfg.data
     # A training epoch's series (x, y as int64, generated per stream then stacked: ~2 copies) and the validation's.
-    needed = {"data.total_series_length": 32 * d.total_series_length, "data.val_series_length": 32 * d.val_series_length}
+    needed = {"data.total_series_length": 32 * d.total_series_length,
+              "data.val_series_length": 32 * d.val_series_length}
     if OmegaConf.select(cfg, "model.net._target_") == STACKED_RNN:
         h, layers = cfg.model.net.state_size, cfg.layers
         params = layers * (4 * h * (h + h + 2)) + 2 * h + 2  # an upper bound for any cell (LSTM: 4 gates)

@@ -24,6 +24,13 @@ from typing import Any
 USAGE, DIVERGED, WRITE_FAILED, PROCESS_DIED = 2, 3, 4, 5
 
 
+class Raw(str):
+    """A value as the user typed it (shown without quotes in a message)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
 class EchoError(Exception):
     """A failure with a one-line message and an exit code (see the module docstring)."""
 

@@ -143,7 +143,11 @@ def build_net(ckpt: dict[str, Any], path: Path) -> Any:
             net = get_class(target)(**args)
     except (TypeError, ValueError, RuntimeError, OverflowError) as error:
         raise ConfigError(KEY, str(path), f"its network arguments do not fit {target} ({error})") from None
-    weights = {k[len("net."):]: v for k, v in section(ckpt, "state_dict").items() if str(k).startswith("net.")}
+    weights = {k[len("net."):]: v for k, v in section(ckpt, "state_dict").items()
+               if isinstance(k, str) and k.startswith("net.")}
+    extra = sorted(set(weights) - set(net.state_dict()))
+    if extra:
+        raise ConfigError(KEY, str(path), f"its weight net.{extra[0]} is not one of its network's")
     for name, tensor in net.state_dict().items():
         got = weights.get(name)
         problem = ("is missing" if not torch.is_tensor(got) else
@@ -170,18 +174,15 @@ def hparam(ckpt: dict[str, Any], name: str, path: Path, minimum: int) -> int:
 
 
 def torch_device(dev: DictConfig) -> Any:
-    """One device of the `device` group (evaluation needs no more); refuses a GPU on a machine without one."""
+    """The one device evaluation runs on (any option of the `device` group); refuses one the machine lacks."""
     import torch
 
-    accelerator = dev.accelerator
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError("device.accelerator", accelerator, "no CUDA GPU is visible on this machine; use device=cpu "
-                                                             "or device=auto")
-    if accelerator == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device.accelerator", accelerator, "no Apple MPS device is available; use device=cpu")
-    if accelerator == "auto":
-        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    return torch.device({"gpu": "cuda", "cuda": "cuda"}.get(accelerator, accelerator))
+    name = {"gpu": "cuda", "auto": "cuda" if torch.cuda.is_available() else "cpu"}.get(dev.accelerator, dev.accelerator)
+    available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(name, lambda: True)
+    if not available():
+        raise ConfigError("device.accelerator", dev.accelerator, f"no {name.upper()} device is visible on this "
+                                                                 "machine; use device=cpu or device=auto")
+    return torch.device(name)
 
 
 def run_chunks(net: Any, x: Any, carry: bool) -> Any:
@@ -244,7 +245,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if not isinstance(trained_seed, int):
             raise ConfigError("seed", None, "the checkpoint does not record its training seed: set seed=<integer>")
         seed = (trained_seed + 1) % 2**32
-    elif False:
+    elif seed == trained_seed:
         raise ConfigError("seed", seed, "is the checkpoint's training seed; evaluate on other series "
                                         "(seed=null: the training seed + 1)")
     device = torch_device(cfg.device)

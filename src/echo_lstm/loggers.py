@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from echo_lstm.errors import ConfigError
+from echo_lstm.errors import ConfigError, Raw
 
 # Packages that optional loggers need, and how to install them.
 OPTIONAL = {
@@ -32,7 +32,7 @@ def check_available(cfg: DictConfig) -> None:
         target = OmegaConf.select(node, "_target_") if node is not None else None
         if target in OPTIONAL and importlib.util.find_spec(OPTIONAL[target][0]) is None:
             package, install = OPTIONAL[target]
-            raise ConfigError("logger", name, f"needs the {package} package, which is not installed: {install}")
+            raise ConfigError("logger", Raw(name), f"needs the {package} package, which is not installed: {install}")
 
 
 def build_loggers(cfg: DictConfig, **tensorboard_kwargs: Any) -> list[Any]:

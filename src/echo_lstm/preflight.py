@@ -50,7 +50,8 @@ class Preflight(Callback):
                 if requeued_slurm_job(path):
                     rundir.current = rundir.claim_existing(path, "hydra.run.dir", appends=("train.log",))
                 else:
-                    rundir.current = rundir.claim_new(path, "hydra.run.dir", unique=not user_set(config, "hydra.run.dir"))
+                    unique = not user_set(config, "hydra.run.dir")
+                    rundir.current = rundir.claim_new(path, "hydra.run.dir", unique=unique)
                 with read_write(config.hydra.run):
                     config.hydra.run.dir = str(rundir.current.path)
         except ConfigError as error:
@@ -67,4 +68,5 @@ class Preflight(Callback):
             config.hydra.sweep.dir = str(claim.path)
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir={hydra_quote(str(claim.path))}")
         rundir.sweep = claim  # held (locked) while the sweep runs; a failing job removes only its own dir
-        record_swept_keys(swept_keys(list(config.hydra.overrides.task), OmegaConf.select(config, "hydra.sweeper.params")))
+        sweeper_params = OmegaConf.select(config, "hydra.sweeper.params")
+        record_swept_keys(swept_keys(list(config.hydra.overrides.task), sweeper_params))

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import time
 import warnings
-
-import yaml
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from echo_lstm.errors import ConfigError, hydra_quote
 

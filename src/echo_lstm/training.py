@@ -18,7 +18,17 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from echo_lstm import metrics as registry
-from echo_lstm.errors import ConfigError, Diverged, ProcessDied, Stopped, command, disk_error, hydra_quote, signal_name
+from echo_lstm.errors import (
+    ConfigError,
+    Diverged,
+    ProcessDied,
+    Raw,
+    Stopped,
+    command,
+    disk_error,
+    hydra_quote,
+    signal_name,
+)
 
 log = logging.getLogger("echo_lstm.run")
 HPC = "hpc_ckpt_*.ckpt"  # what Lightning saves on SLURM's pre-emption signal before the job is requeued
@@ -189,8 +199,8 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
     callbacks = drop_disabled(callbacks, args)
     if args.get("enable_checkpointing") is None and not any(isinstance(c, pl.callbacks.Checkpoint) for c in callbacks):
         args["enable_checkpointing"] = False  # no checkpoint callback configured: none of Lightning's either
-    if isinstance(args.get("val_check_interval"), int):  # a series shorter than that: once per epoch (warned)
-        args["val_check_interval"] = min(args["val_check_interval"], len(datamodule.train_dataloader()))
+    if isinstance(args.get("val_check_interval"), int):  # fewer batches than that: once per epoch (warned)
+        args["val_check_interval"] = min(args["val_check_interval"], batches_per_epoch(args, datamodule))
     try:
         trainer = pl.Trainer(**device, **args, logger=loggers or False, callbacks=callbacks,
                              default_root_dir=str(run_dir), use_distributed_sampler=False,
@@ -215,16 +225,15 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=start.path and str(start.path))
         except StopRequested as stop:
-            raise Stopped(stop.signum, f"stopped by {signal_name(stop.signum)} at step {trainer.global_step}; "
-                                       f"{checkpoint_note(run_dir)}. Continue with: "
-                                       f"{command('python', 'train.py', 'resume=' + hydra_quote(os.path.relpath(run_dir)))}") from None
+            note = f"{checkpoint_note(run_dir)}. Continue with: {resume_command(run_dir)}"
+            raise Stopped(stop.signum, f"stopped by {signal_name(stop.signum)} at step {trainer.global_step}; {note}") \
+                from None
         except Diverged as error:
             raise Diverged(error.step, error.what, checkpoint_note(run_dir)) from None
-        except Exception as error:
+        except Exception:
             if ranks.died is not None:
-                raise ProcessDied(f"{ranks.death()}; the run stopped at about step {trainer.global_step}. "
-                                  f"{checkpoint_note(run_dir).capitalize()}; continue with: "
-                                  f"{command('python', 'train.py', 'resume=' + hydra_quote(os.path.relpath(run_dir)))}") \
+                note = f"{checkpoint_note(run_dir).capitalize()}; continue with: {resume_command(run_dir)}"
+                raise ProcessDied(f"{ranks.death()}; the run stopped at about step {trainer.global_step}. {note}") \
                     from None
             raise
     result = summarize(trainer, model, cfg, start, time.perf_counter() - started, run_dir)
@@ -233,6 +242,22 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
     if trainer.is_global_zero:
         result.write()
     return result
+
+
+def batches_per_epoch(args: dict[str, Any], datamodule: Any) -> int:
+    """Training batches per epoch, after `limit_train_batches` / `overfit_batches` (ints: batches; floats: a share)."""
+    n = len(datamodule.train_dataloader())
+    for key in ("overfit_batches", "limit_train_batches"):
+        limit = args.get(key)
+        if limit:
+            n = min(n, limit) if isinstance(limit, int) else max(1, int(n * limit))
+            break  # overfit_batches overrides limit_train_batches (as in Lightning)
+    return max(1, n)
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues this run, ready to paste into a shell (any path: shell- and Hydra-quoted)."""
+    return command("python", "train.py", "resume=" + hydra_quote(os.path.relpath(run_dir)))
 
 
 def checkpoint_note(run_dir: Path) -> str:
@@ -265,8 +290,6 @@ def drop_disabled(callbacks: list[Any], args: dict[str, Any]) -> list[Any]:
 def trainer_refusal(error: BaseException, cfg: DictConfig) -> ConfigError:
     """Lightning's refusal of a Trainer argument as one line naming it (Lightning names it in backticks)."""
     import re
-
-    from echo_lstm.cli import Raw
 
     text = (str(error).strip().splitlines() or [type(error).__name__])[0]
     named = [n for n in re.findall(r"`(\w+)", text) if n in cfg.trainer]

@@ -131,7 +131,8 @@ class EchoLSTM(pl.LightningModule):
         metrics = chunk_metrics("train", losses.mean(), preds, y, batch["chunk0"], self.hparams.echo_step)
         del metrics["train/interior_acc"]
         self._log_train(metrics, batch_idx)
-        self.last_train_metrics, self.last_epoch = metrics, self.current_epoch  # tensors, read (copied to the host) only at the end of a run
+        # Tensors, read (copied to the host) only at the end of a run.
+        self.last_train_metrics, self.last_epoch = metrics, self.current_epoch
         # For callbacks: the block's metrics (steps_to_echo, progress bar) and its last chunk, as the tutorial
         # draws it (figure). References only: no copies, no syncs.
         return {**metrics, "loss": metrics["train/loss"], "x": x[-1], "y": y[-1], "pred": preds[-1]}
