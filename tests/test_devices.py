@@ -1,5 +1,6 @@
 """Devices and DDP: streams are the unit of parallelism, and the result does not depend on the process count."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -122,3 +123,43 @@ def test_gpu_run_learns(tmp_path, ok, precision):
     ok(run_train("device=gpu", f"device.precision={precision}", "trainer.enable_progress_bar=false",
                  run_dir=run_dir))
     assert scalars(run_dir)["val/boundary_acc"][-1][1] >= 0.99
+
+
+@pytest.mark.slow
+def test_ddp_run_dir_may_hold_quotes_and_spaces(tmp_path, ok):
+    from echo_lstm.errors import hydra_quote
+
+    run_dir = tmp_path / "a \"quoted\" run's dir"
+    ok(run_train(*SMALL, *DDP2, "trainer.max_epochs=1", f"hydra.run.dir={hydra_quote(str(run_dir))}"))
+    assert len(event_files(run_dir)) == 1 and (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_a_killed_rank_is_named_with_how_to_resume(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *DDP2, "data.batch_size=4",
+                             "data.total_series_length=20000", "trainer.max_epochs=50", "callbacks.early_stopping=null",
+                             "checkpoint.every_n_steps=40", "trainer.enable_progress_bar=false",
+                             f"hydra.run.dir={run_dir}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints" / "last.ckpt").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    children = (Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split())
+    ranks = [int(c) for c in children if "train.py" in Path(f"/proc/{c}/cmdline").read_text()]
+    assert len(ranks) == 1
+    os.kill(ranks[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 5 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    assert lines[0].startswith(f"error: DDP process of rank 1 (pid {ranks[0]}) was killed by SIGKILL")
+    assert "is kept; continue with: python train.py resume=" in lines[0]

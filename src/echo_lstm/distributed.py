@@ -114,17 +114,28 @@ class Ranks:
         self._watch = threading.Thread(target=self._observe, name="echo-lstm-ranks", daemon=True)
         self._watch.start()
 
+    def _check(self) -> tuple[int, int] | None:
+        for rank, proc in enumerate(self.procs, start=1):
+            code = proc.poll()
+            if code not in (None, 0) and self.died is None:
+                self.died = (rank, code)
+        return self.died
+
     def _observe(self) -> None:
         while not self._done.wait(0.2):
-            for rank, proc in enumerate(self.procs, start=1):
-                code = proc.poll()
-                if code not in (None, 0) and self.died is None:
-                    self.died = (rank, code)
-                    # Rank 0 normally fails at its next collective; should it hang instead, end it.
-                    if self._done.wait(60):
-                        return
-                    print(f"error: {self.death()}", file=sys.stderr, flush=True)
-                    os._exit(ProcessDied.exit_code)
+            if self._check() is not None:
+                # Rank 0 normally fails at its next collective; should it hang instead, end it.
+                if self._done.wait(60):
+                    return
+                print(f"error: {self.death()}", file=sys.stderr, flush=True)
+                os._exit(ProcessDied.exit_code)
+
+    def dead(self, timeout: float = 5.0) -> bool:
+        """After rank 0 failed: whether another rank died (the cause), waiting a little for its exit to show."""
+        deadline = time.monotonic() + timeout
+        while self.procs and self._check() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.died is not None
 
     def death(self) -> str:
         rank, code = self.died

@@ -231,7 +231,7 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
         except Diverged as error:
             raise Diverged(error.step, error.what, checkpoint_note(run_dir)) from None
         except Exception:
-            if ranks.died is not None:
+            if ranks.dead():
                 note = f"{checkpoint_note(run_dir).capitalize()}; continue with: {resume_command(run_dir)}"
                 raise ProcessDied(f"{ranks.death()}; the run stopped at about step {trainer.global_step}. {note}") \
                     from None
