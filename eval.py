@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from echo_lstm import cli, rundir
-from echo_lstm.errors import ConfigError, EchoError, report
+from echo_lstm.errors import EchoError, report
 from echo_lstm.evaluation import refuse_multirun, register_configs
 
 register_configs()
@@ -29,8 +29,7 @@ def main(cfg: DictConfig) -> None:
         result = evaluate(cfg)
         written = write(result, Path(HydraConfig.get().runtime.output_dir))
     except EchoError as error:  # here, not in cli.run: Hydra would add its own "Error executing job" line
-        if isinstance(error, ConfigError):
-            release_claim()
+        release_claim()  # an evaluation that did not finish has nothing worth keeping
         sys.exit(report(error))
     print(table(result, written), flush=True)
 
@@ -42,4 +41,6 @@ def release_claim() -> None:
 
 
 if __name__ == "__main__":
-    cli.run(main, sys.argv[1:], prepare=refuse_multirun, on_failure=release_claim)
+    cli.run(main, sys.argv[1:], prepare=refuse_multirun, on_failure=release_claim, config_name="eval",
+            about="eval.py: evaluate a trained checkpoint on fresh echo series; prints a table, writes eval.json.\n"
+                  "  python eval.py ckpt_path=<.ckpt file or run dir> [key=value ...]  (device: one of conf/device/)")

@@ -253,6 +253,7 @@ def refusals(tmp_path_factory):
     return {name: (cases[name], procs[name]) for name in cases}
 
 
+@pytest.mark.slow  # (the fixture runs every case: ~10 s of imports on 2 cores)
 @pytest.mark.parametrize("case", list(ERRORS))
 def test_each_mistake_is_one_error_line_and_leaves_nothing(refusals, case):
     if case == "device=gpu without a GPU" and torch.cuda.is_available():
@@ -268,6 +269,7 @@ def test_each_mistake_is_one_error_line_and_leaves_nothing(refusals, case):
     assert not m["sentinel"].exists()  # no code of the checkpoint's ran
 
 
+@pytest.mark.slow
 def test_the_hand_made_checkpoint_itself_is_evaluated(refusals):
     m, proc = refusals[GOOD]
     got = result(proc, m["out"])
@@ -281,3 +283,8 @@ def test_an_output_dir_that_is_not_empty_is_refused_and_left_alone(tmp_path):
     proc = run_eval(f"ckpt_path={hand_made(tmp_path / 'good.ckpt')}", f"hydra.run.dir={out}")
     assert proc.returncode == 2 and proc.stderr.startswith("error: hydra.run.dir="), proc.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+
+
+def test_help_shows_the_settings_and_their_defaults():
+    proc = run_eval("--help")
+    assert proc.returncode == 0 and "ckpt_path: null" in proc.stdout and "length: 10000" in proc.stdout, proc.stderr
