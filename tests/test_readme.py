@@ -1,19 +1,132 @@
-"""The README is the contract: CI must run exactly its set-up and test commands."""
+"""The README is the contract: CI runs exactly its set-up and test commands, and every other command in the README
+and the docs runs as written (the cheap ones here, in a fresh copy of the repository; the others are listed with
+the reason they are not run here)."""
+
+from __future__ import annotations
 
 import re
+import shlex
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import pytest
+import torch
 from conftest import REPO
 
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+# Commands not run here, by their start, and why. Anything else in a ```bash block is run.
+NOT_RUN = {
+    "python3 -m venv .venv &&": "the set-up: .ci/run runs it (test_ci_runs_the_readme_setup_and_test_commands)",
+    "python3 -m venv .venv-oldest": "the oldest-versions check: .ci/run runs it",
+    "pytest": "the tests themselves",
+    "tensorboard ": "a server",
+    "pip install": "installs packages",
+    "python benchmarks/throughput.py": "minutes; tests/test_benchmark.py runs it with few repeats",
+    "python train.py device=gpu": "needs a GPU" if not torch.cuda.is_available() else "",
+    "python train.py device=multi_gpu": "needs GPUs (and 2 machines)",
+    "python train.py -m layers=1,2,3,5": "~30 s; tests/test_research.py runs sweeps on a tiny series",
+    "python train.py -m hydra/launcher=joblib": "parallel sweep; tests/test_research.py runs one",
+    "python train.py experiment=tutorial_part": "100 epochs, minutes",
+    "python train.py -m experiment=tbptt_horizon": "16 jobs, minutes (docs/research.md has its result)",
+    "python train.py experiment=tbptt_horizon": "16 jobs, minutes (docs/research.md has its result)",
+    "python train.py hparams_search=": "needs the optional Optuna extra; minutes",
+    "python train.py -m layers=1,2,3,5 device=multi_gpu": "needs a SLURM cluster",
+    "python train.py -m hparams_search": "needs the optional Optuna extra",
+    "python train.py -m layers=1,2 device=ddp_cpu": "~30 s; tests/test_devices.py runs a DDP multirun",
+}
 
-def readme_commands(section: str) -> list[str]:
+
+def commands(path: Path) -> list[str]:
+    """Every command line of the ```bash blocks (continuations joined, comments dropped)."""
+    text = path.read_text()
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.split(r"\s+#", line)[0].strip()
+            if line and not line.startswith("#"):
+                lines.append(line)
+    return lines
+
+
+def reason_not_run(command: str) -> str | None:
+    return next((why for start, why in NOT_RUN.items() if command.startswith(start) and why), None)
+
+
+def test_ci_runs_the_readme_setup_and_test_commands():
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    readme = commands(REPO / "README.md")
+    quickstart = commands_of_section("Quickstart")
+    setup = [c for c in quickstart if "pip install" in c]
+    tests = [c for c in quickstart if "pytest" in c]
+    assert setup and tests
+    for command in setup + tests:
+        assert command in ci, f"{command!r} is in the README's Quickstart but .ci/run does not run it"
+    assert set(setup + tests) <= set(readme)
+
+
+def commands_of_section(section: str) -> list[str]:
     text = (REPO / "README.md").read_text()
     body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
     return [line for block in re.findall(r"```bash\n(.*?)```", body, re.S) for line in block.splitlines()]
 
 
-def test_ci_runs_the_readme_setup_and_test_commands():
-    ci = (REPO / ".ci" / "run").read_text().splitlines()
-    commands = readme_commands("Quickstart")
-    setup = next(c for c in commands if "pip install" in c)
-    assert setup in ci
-    assert any(line.startswith("pytest") for line in ci) and "pytest" in commands
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory) -> Path:
+    """A fresh copy of the repository's tracked files: the commands run there as a newcomer would run them."""
+    copy = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    for name in files:
+        if (REPO / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, copy / name)
+    return copy
+
+
+def run(command: str, cwd: Path) -> subprocess.CompletedProcess:
+    args = shlex.split(command)
+    args = [sys.executable if a in ("python", "python3") else a for a in args]
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_every_cheap_command_in_the_readme_and_docs_runs_as_written(repo_copy):
+    every = [(path.name, c) for path in DOCS for c in commands(path)]
+    to_run = [(doc, c) for doc, c in every if reason_not_run(c) is None]
+    assert len(to_run) >= 12, to_run
+    # A first run, for the commands that name one (<run>, <file.ckpt>).
+    first = run("python train.py", repo_copy)
+    assert first.returncode == 0, first.stderr[-2000:]
+    run_dir = next((repo_copy / "outputs" / "runs").iterdir())
+    fill = {"<run>": run_dir.name, "<file.ckpt>": str(run_dir / "checkpoints" / "last.ckpt")}
+
+    def check(item: tuple[str, str]) -> str | None:
+        doc, command = item
+        for placeholder, value in fill.items():
+            command = command.replace(placeholder, value)
+        if "<" in command:
+            return f"{doc}: {command!r} has a placeholder this test cannot fill"
+        if command.startswith("import ") or command == "python train.py":
+            return None
+        proc = run(command, repo_copy)
+        if proc.returncode != 0:
+            return f"{doc}: {command!r} exited {proc.returncode}: {proc.stderr.strip()[-600:]}"
+        return None
+
+    # Two at a time, but the commands that continue a run after the others: one at a time (a run in use is locked,
+    # and resume=latest takes the newest run).
+    later = [item for item in to_run if "resume=" in item[1] or "ckpt_path=<file" in item[1]]
+    with ThreadPoolExecutor(2) as pool:
+        failures = [f for f in pool.map(check, [item for item in to_run if item not in later]) if f]
+    failures += [f for f in map(check, later) if f]
+    assert not failures, "\n".join(failures)
+
+
+def test_every_command_not_run_here_says_why():
+    for path in DOCS:
+        for command in commands(path):
+            reason = reason_not_run(command)
+            assert reason is None or len(reason) > 5, command

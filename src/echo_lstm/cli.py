@@ -62,15 +62,15 @@ def parses(override: str) -> bool:
         return False
 
 
-def siblings(key: str) -> list[str]:
+def siblings(key: str, schema: Any) -> list[str]:
     """The keys next to `key` in the app's schema (for 'did you mean')."""
     from dataclasses import fields, is_dataclass
 
-    from echo_lstm.config import StackedRNNConfig, TrainConfig
+    from echo_lstm.config import StackedRNNConfig
 
     if key.startswith("model.net."):
         return [f.name for f in fields(StackedRNNConfig)]
-    node: Any = TrainConfig
+    node: Any = schema
     for part in key.split(".")[:-1]:
         types = {f.name: f.default_factory if callable(f.default_factory) else None for f in fields(node)} \
             if is_dataclass(node) else {}
@@ -81,8 +81,9 @@ def siblings(key: str) -> list[str]:
     return [f.name for f in fields(node)] if is_dataclass(node) else []
 
 
-def translate(error: BaseException, argv: list[str]) -> ConfigError | None:
-    """A Hydra or OmegaConf composition error as the app's one-line ConfigError; None for anything else."""
+def translate(error: BaseException, argv: list[str], schema: Any = None) -> ConfigError | None:
+    """A Hydra or OmegaConf composition error as the app's one-line ConfigError; None for anything else. `schema`:
+    the app's config dataclass (train.py's by default), for the closest names of an unknown key."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
@@ -106,9 +107,13 @@ def translate(error: BaseException, argv: list[str]) -> ConfigError | None:
         leaf = key.rsplit(".", 1)[-1]
         if key.startswith("trainer.") and leaf in OWNED:
             return ConfigError(key, value, f"is set by {OWNED[leaf]}, not trainer.*")
-        close = difflib.get_close_matches(leaf, siblings(key), n=3)
+        if schema is None:
+            from echo_lstm.config import TrainConfig
+
+            schema = TrainConfig
+        close = difflib.get_close_matches(leaf, siblings(key, schema), n=3)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-        return ConfigError(key, value, f"no such setting{hint}; `python train.py --cfg job` lists them")
+        return ConfigError(key, value, f"no such setting{hint}; `--cfg job` lists them")
     if isinstance(cause, ValidationError) and getattr(cause, "full_key", None):
         text = str(cause).splitlines()[0]
         wanted = re.search(r"could not be converted to (\w+)", text) or re.search(r"is not a valid (bool)", text)
@@ -124,7 +129,7 @@ def translate(error: BaseException, argv: list[str]) -> ConfigError | None:
     return None
 
 
-def print_help(config_name: str, argv: list[str], about: str) -> None:
+def print_help(config_name: str, argv: list[str], about: str, groups: tuple[str, ...] | None = None) -> None:
     """`--help`: the config groups (listed from conf/) and the composed config. Hydra's own help lists the groups
     by composing the config once per option (~1 s here); this takes a single composition."""
     from hydra import compose, initialize_config_dir
@@ -135,15 +140,17 @@ def print_help(config_name: str, argv: list[str], about: str) -> None:
     overrides = [a for a in argv if not a.startswith("-")]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name, overrides=overrides)
-    groups = "\n".join(f"  {group}: {', '.join(options)}" for group, options in config_groups().items())
-    print(f"{about}\n\n== Config groups (group=option) ==\n{groups}\n\n"
-          f"== Config (set any key: key=value; a sweep: -m key=a,b) ==\n{OmegaConf.to_yaml(cfg)}\n"
+    listed = "\n".join(f"  {group}: {', '.join(options)}" for group, options in config_groups().items()
+                       if groups is None or group in groups)
+    print(f"{about}\n\n== Config groups (group=option) ==\n{listed}\n\n"
+          f"== Config (set any key: key=value) ==\n{OmegaConf.to_yaml(cfg)}\n"
           "Hydra's flags: --cfg job|hydra|all, --info, --hydra-help. A mistake is one `error:` line; "
           "HYDRA_FULL_ERROR=1 shows Hydra's own report.")
 
 
 def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[str]], list[str]] | None = None,
-        on_failure: Callable[[], None] | None = None, config_name: str = "train", about: str = "") -> None:
+        on_failure: Callable[[], None] | None = None, config_name: str = "train", about: str = "",
+        schema: Any = None, groups: tuple[str, ...] | None = None) -> None:
     """Run a Hydra app with the app's error promise (see the module docstring); exits on any handled failure.
 
     `prepare` may rewrite the command line before Hydra composes (resume); `on_failure` cleans up after a
@@ -162,7 +169,7 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
                   file=sys.stderr)
         require_optional_plugins(argv)
         if "--help" in argv or "-h" in argv:
-            print_help(config_name, argv, about)
+            print_help(config_name, argv, about, groups)
             return
         if prepare is not None:
             argv = prepare(argv)
@@ -171,7 +178,7 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
     except KeyboardInterrupt:
         if on_failure:
             on_failure()
-        print("stopped by SIGINT before training started; nothing was trained or kept", file=sys.stderr)
+        print("stopped by SIGINT before it started; nothing was kept", file=sys.stderr)
         sys.exit(130)
     except EchoError as error:
         if on_failure and isinstance(error, (ConfigError, WriteFailed)):
@@ -181,7 +188,7 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
         from echo_lstm import rundir
 
         where = f"{rundir.current.path}/.hydra (Hydra's files)" if rundir.current else "an output file"
-        translated = None if hydra_detail else translate(error, argv) or disk_error(error, where)
+        translated = None if hydra_detail else translate(error, argv, schema) or disk_error(error, where)
         if translated is None:
             raise
         if on_failure:

@@ -6,8 +6,9 @@ with the state reset to zeros at every chunk (`reset_acc`, `reset_boundary_acc`)
 whose target lies in an earlier chunk (t % T < echo_step): only a carried state can get them right, so
 `reset_boundary_acc` is chance (~0.5) by construction, the reference for `boundary_acc`.
 
-The series are new: split id EVAL (training uses 0, validation 1) and, by default, the training seed + 1. An
-explicit `seed=` equal to the training seed is refused, so an evaluation never reuses the training seed.
+The series are new: split id EVAL (echo_lstm/data/series.py; training uses 0, validation 1) and, by default, the
+training seed + 1. An explicit `seed=` equal to the training seed is refused, so an evaluation never reuses the
+training seed.
 
 A checkpoint may come from a stranger. It is read with `weights_only=True` (resume.read_checkpoint: no code runs),
 its network is built only if its `_target_` is one of this app's (conf/model/*.yaml) with plain arguments, and
@@ -34,7 +35,6 @@ from echo_lstm.config import CONF_DIR, DeviceConfig, available_cores, validate_d
 from echo_lstm.errors import ConfigError, disk_error, report
 from echo_lstm.resume import LAST
 
-EVAL = 2  # the split id of evaluation series (echo_lstm.data.echo: TRAIN = 0, VAL = 1)
 KEY = "ckpt_path"
 PRECISIONS = ("32-true", "32", "64-true")  # no autocast: a reference measurement at full precision
 
@@ -111,7 +111,7 @@ class Preflight(Callback):
         try:  # Hydra turns an exception in a callback into a warning and goes on: exit here
             check_settings(config)
             rundir.current = rundir.claim_new(Path(config.hydra.run.dir), "hydra.run.dir",
-                                              unique=not user_set(config, "hydra.run.dir"))
+                                              unique=not user_set(config, "hydra.run.dir"), hint="")
         except ConfigError as error:
             sys.exit(report(error))
         with read_write(config.hydra.run):
@@ -203,7 +203,7 @@ def scores(logits: Any, y: Any, echo_step: int) -> dict[str, float | None]:
     kind without positions (no boundary when echo_step = 0, no interior when echo_step >= T)."""
     import torch.nn.functional as F
 
-    from echo_lstm.models.module import position_masks
+    from echo_lstm.scoring import position_masks
 
     n_chunks, _, T = y.shape
     valid, boundary = position_masks(0, n_chunks, T, echo_step, y.device)
@@ -249,7 +249,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("seed", seed, "is the checkpoint's training seed; evaluate on other series "
                                         "(seed=null: the training seed + 1)")
     device = torch_device(cfg.device)
-    from echo_lstm.data.echo import echo_series, to_chunks  # (imports Lightning: only once all checks passed)
+    from echo_lstm.data.series import EVAL, echo_series, to_chunks
 
     net = net.to(device, torch.float64 if cfg.device.precision == "64-true" else torch.float32)
     x, y = echo_series(seed, EVAL, 0, range(cfg.streams), chunks * T, echo_step)

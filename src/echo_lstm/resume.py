@@ -201,8 +201,10 @@ def read_checkpoint(path: Path, key: str) -> dict[str, Any]:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt, truncated, foreign pickle: all refused the same way
         text = str(error).strip()
-        if "Weights only load failed" in text:
+        if "Weights only load failed" in text and "Unsupported global" in text:
             reason = "it holds pickled objects beyond tensors and plain data; loading it could run code"
+        elif "Weights only load failed" in text:
+            reason = "corrupt, or not a torch file"
         else:
             reason = text.splitlines()[0][:120] if text else type(error).__name__
         raise ConfigError(key, str(path), f"is not a readable checkpoint ({reason})") from None

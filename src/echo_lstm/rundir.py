@@ -75,7 +75,7 @@ def _os_error(key: str, path: Path, error: OSError) -> ConfigError:
     return ConfigError(key, str(path), f"cannot be created: {reason}")
 
 
-def claim_new(path: Path, key: str, unique: bool) -> Claim:
+def claim_new(path: Path, key: str, unique: bool, hint: str = " (to continue the run in it: resume=<dir>)") -> Claim:
     """Make `path` for a new run and lock it. `unique`: the name is the app's default, so an existing one gets a
     suffix; else an existing dir must be empty. Raises ConfigError with the reason when that cannot be done."""
     path = Path(path)
@@ -95,8 +95,8 @@ def claim_new(path: Path, key: str, unique: bool) -> Claim:
                 raise ConfigError(key, str(path), "exists and is not a directory") from None
             existing = {p.name for p in candidate.iterdir()}
             if existing:
-                raise ConfigError(key, str(path), "exists and is not empty: a new run needs a new or empty "
-                                  "directory (to continue the run in it: resume=<dir>)") from None
+                raise ConfigError(key, str(path), f"exists and is not empty: a new run needs a new or empty "
+                                  f"directory{hint}") from None
             return lock(Claim(candidate, created=False), key)
         except OSError as error:  # a symlink loop, a name too long, a read-only or virtual file system ...
             raise _os_error(key, path, error) from None

@@ -16,35 +16,10 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 
-TRAIN, VAL = 0, 1
-
-
-def echo_stream(seed: int, split: int, epoch: int, stream: int, length: int, echo_step: int):
-    """One stream: random bits x (p=0.5) and the target y = x delayed by echo_step (first targets 0)."""
-    rng = np.random.default_rng([seed, split, epoch, stream])
-    x = rng.integers(0, 2, size=length, dtype=np.int64)
-    y = np.zeros_like(x)
-    if echo_step < length:
-        y[echo_step:] = x[: length - echo_step]
-    return x, y
-
-
-def echo_series(seed: int, split: int, epoch: int, streams: range, length: int, echo_step: int):
-    """Streams stacked as tensors x, y of shape [len(streams), length] (int64)."""
-    pairs = [echo_stream(seed, split, epoch, s, length, echo_step) for s in streams]
-    x = torch.from_numpy(np.stack([p[0] for p in pairs]))
-    y = torch.from_numpy(np.stack([p[1] for p in pairs]))
-    return x, y
-
-
-def to_chunks(series: torch.Tensor, chunk_length: int) -> torch.Tensor:
-    """[streams, length] -> [chunks, streams, chunk_length]; a tail shorter than a chunk is dropped."""
-    n = series.shape[1] // chunk_length
-    return series[:, : n * chunk_length].reshape(series.shape[0], n, chunk_length).transpose(0, 1)
+from echo_lstm.data.series import TRAIN, VAL, echo_series, to_chunks
 
 
 class ChunkBlocks:
