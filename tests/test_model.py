@@ -136,3 +136,16 @@ def test_gradient_clipping_applies_lightnings_meaning_per_chunk():
     for key, value in weights["direct"].items():
         assert torch.equal(value, weights["lightning"][key]), key
     assert any(not torch.equal(v, weights["none"][k]) for k, v in weights["direct"].items())
+
+
+def test_early_stopping_needs_both_accuracies_at_the_target():
+    # Early stopping watches val/min_acc = min(val/acc, val/boundary_acc): an untrained network's two accuracies
+    # differ, and the monitor must be the lower one (with the max, a network that echoes only inside chunks would
+    # stop as soon as val/acc reached the target).
+    model = make_model(*TINY)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    metrics = trainer.validate(model, datamodule=make_datamodule(*TINY), verbose=False)[0]
+    assert metrics["val/acc"] != metrics["val/boundary_acc"]
+    assert metrics["val/min_acc"] == min(metrics["val/acc"], metrics["val/boundary_acc"])
+    stopping = compose().callbacks.early_stopping
+    assert (stopping.monitor, stopping.mode, stopping.stopping_threshold) == ("val/min_acc", "max", 0.999)

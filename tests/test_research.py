@@ -212,3 +212,22 @@ def test_optuna_search_runs_three_trials(tmp_path, ok):
     assert len(rows) == 3 and {r["status"] for r in rows} == {"completed"}
     assert {"optimizer.lr", "layers", "model.net.state_size"} <= set(rows[0])
     assert (sweep / "optimization_results.yaml").is_file()
+
+
+def test_the_horizon_experiment_is_a_sweep_of_echo_step_and_carry_with_a_fixed_budget(tmp_path):
+    from echo_lstm.config import validate
+    from echo_lstm.training import train
+
+    cfg = compose("experiment=tbptt_horizon", return_hydra_config=True)
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    assert dict(cfg.hydra.sweeper.params) == {"data.echo_step": "1,3,7,11,14,15,16,20",
+                                              "model.carry_state": "true,false"}
+    assert cfg.callbacks.early_stopping is None and cfg.trainer.max_steps > 0  # the same budget for every job
+    assert cfg.data.truncated_backprop_length == 15
+    # One job of it, shortened: it trains with its settings (64 streams, one layer of 64 units, clipping).
+    job = compose("experiment=tbptt_horizon", "data.echo_step=16", "model.carry_state=false",
+                  "trainer.max_steps=128", run_dir=tmp_path)
+    assert validate(job) == ["data.echo_step=16 >= data.truncated_backprop_length=15: every target lies in an "
+                             "earlier chunk, beyond the reach of truncated backpropagation"]
+    result = train(job)
+    assert result.step == 128 and result.stop_reason == "trainer.max_steps=128"
