@@ -5,17 +5,28 @@ failure a user can cause ends with one line and an exit code (echo_lstm/errors.p
 or dir, 3 training diverged, 4 a write failed, 5 a DDP process died, 130/143 stopped by Ctrl-C/SIGTERM.
 """
 
-import shutil
+import os
+import signal
 import sys
-from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig
 
-from echo_lstm import cli, rundir
-from echo_lstm.config import register_configs, validate
-from echo_lstm.distributed import is_launched_rank
-from echo_lstm.errors import ConfigError, EchoError, Stopped, report
+def stopped_at_start(signum: int, frame: object) -> None:  # until cli.run takes over (imports take a moment)
+    print("stopped by SIGINT; nothing was kept", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+signal.signal(signal.SIGINT, stopped_at_start)
+
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from echo_lstm import cli, rundir  # noqa: E402
+from echo_lstm.config import register_configs, validate  # noqa: E402
+from echo_lstm.distributed import is_launched_rank  # noqa: E402
+from echo_lstm.errors import ConfigError, EchoError, Stopped, WriteFailed, report  # noqa: E402
 
 register_configs()
 
@@ -51,6 +62,8 @@ def main(cfg: DictConfig) -> float:
                 shutil.rmtree(HydraConfig.get().runtime.output_dir, ignore_errors=True)  # in the claimed sweep dir
             elif rundir.current is not None and speaker:
                 rundir.current.release(remove=True)
+        elif isinstance(error, (WriteFailed, Stopped)) and not multirun and rundir.current is not None and speaker:
+            rundir.current.release(remove=True)  # a run that has written no checkpoint yet leaves nothing
         if multirun and not isinstance(error, Stopped):  # the job fails; the sweep goes on
             print(f"{cli.job_label()} failed: {error}", file=sys.stderr, flush=True)
             return JobResult.failed(str(error), error.exit_code)

@@ -247,7 +247,7 @@ def test_checkpoints_load_weights_only(tmp_path):
     for name in found:
         ckpt = torch.load(run_dir / "checkpoints" / name, weights_only=True)  # no pickled code: safe loading works
         assert ckpt["echo_train_state"].shape == (3, 2, 5, 4)
-        assert ckpt["global_step"] == (106 if name == "last.ckpt" else int(name[len("best-step"):-len(".ckpt")]))
+        assert ckpt["global_step"] == (26 if name == "last.ckpt" else int(name[len("best-step"):-len(".ckpt")]))
 
 
 def test_resume_refuses_a_change_of_experiment(tmp_path):

@@ -155,8 +155,23 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
 
     `prepare` may rewrite the command line before Hydra composes (resume); `on_failure` cleans up after a
     refusal or an interrupted start (what this process claimed)."""
+    import signal
+
     from echo_lstm.distributed import drop_stray_rank_variables, is_launched_rank
 
+    def stop(signum: int, frame: Any) -> None:
+        # A Ctrl-C before training takes the signal (callbacks/graceful_stop.py): stop at once. Not through a
+        # KeyboardInterrupt: raised inside an import, some libraries swallow it and go on half-imported.
+        from echo_lstm import rundir
+
+        kept = rundir.current is not None and rundir.current.trained()
+        if on_failure:
+            on_failure()  # removes what this process made, unless it has written a checkpoint
+        where = f"; the run is kept in {rundir.current.path}" if kept else "; nothing was kept"
+        print(f"stopped by SIGINT{where}", file=sys.stderr, flush=True)
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, stop)
     hydra_detail = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises; we report (or re-raise, for the user who set it)
     logging.raiseExceptions = False  # a full disk must not turn each log line into a traceback
@@ -175,11 +190,6 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
             argv = prepare(argv)
         sys.argv = [sys.argv[0], *argv]
         hydra_main()
-    except KeyboardInterrupt:
-        if on_failure:
-            on_failure()
-        print("stopped by SIGINT before it started; nothing was kept", file=sys.stderr)
-        sys.exit(130)
     except EchoError as error:
         if on_failure and isinstance(error, (ConfigError, WriteFailed)):
             on_failure()  # (a run that has trained keeps its dir: rundir.Claim.release)

@@ -201,7 +201,9 @@ def read_checkpoint(path: Path, key: str) -> dict[str, Any]:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt, truncated, foreign pickle: all refused the same way
         text = str(error).strip()
-        if "Weights only load failed" in text and "Unsupported global" in text:
+        with open(path, "rb") as f:
+            pickled = f.read(1) == b"\x80"  # a raw pickle (a torch checkpoint is a zip archive)
+        if "Weights only load failed" in text and ("Unsupported global" in text or pickled):
             reason = "it holds pickled objects beyond tensors and plain data; loading it could run code"
         elif "Weights only load failed" in text:
             reason = "corrupt, or not a torch file"

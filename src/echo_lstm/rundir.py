@@ -35,15 +35,15 @@ class Claim:
     added: list[Path] = field(default_factory=list)  # paths inside existing subdirs that this process makes
     lock_fd: int | None = None
     claimed_at: float = field(default_factory=time.time)
-    started: bool = False  # training started (set by train()): from then on the dir holds a run to keep
 
     def trained(self) -> bool:
+        """Whether this process wrote a checkpoint here: then the dir holds a run to keep, however it ended."""
         last = self.path / "checkpoints" / "last.ckpt"
-        return self.started or (last.is_file() and last.stat().st_mtime >= self.claimed_at)
+        return last.is_file() and last.stat().st_mtime >= self.claimed_at
 
     def release(self, remove: bool = False) -> None:
         """Unlock; with `remove`, take away everything this process added to the dir (see the module doc), unless
-        training has started in it (it then holds a run, however it ended)."""
+        it has written a checkpoint (then the dir holds a run, however it ended)."""
         if remove and self.path.is_dir() and not self.trained():
             if self.created:
                 shutil.rmtree(self.path, ignore_errors=True)

@@ -216,10 +216,6 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
             say(f"echo-lstm: continuing {os.path.relpath(run_dir)} from step {start.step} (epoch {start.epoch})")
         elif start.path is not None:
             say(f"echo-lstm: a new run from {os.path.relpath(start.path)} (step {start.step})")
-    from echo_lstm import rundir
-
-    if rundir.current is not None:
-        rundir.current.started = True
     with distributed.job_scope() as ranks:
         ranks.start(trainer, run_dir, cfg.device.strategy)
         try:

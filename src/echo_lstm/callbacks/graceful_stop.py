@@ -37,10 +37,19 @@ class GracefulStop(pl.Callback):
             os._exit(128 + signum)  # second Ctrl-C: no more waiting
         self.signal = signum
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # From the start of fit: a Ctrl-C before the first batch is a stop like any other (Lightning would catch
+        # its KeyboardInterrupt and exit on its own).
+        self._take_signals()
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._take_signals()  # again: Lightning installs its own SIGTERM handler between setup and here
+
+    def _take_signals(self) -> None:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._request)
+                previous = signal.signal(sig, self._request)
+                self._previous.setdefault(sig, previous)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for sig, handler in self._previous.items():

@@ -1,0 +1,96 @@
+"""Check the guards: put a known bug into a scratch copy of the code, run the tests that must catch it, report.
+
+    python tests/mutants.py [name ...]      # all by default; one JSON line per bug: the tests that failed
+
+Each bug is (file, the code, the code with the bug, the tests that must fail). The copy goes to a temp dir, first
+on PYTHONPATH, so the installed package is not touched. tests/README.md lists the results.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MUTANTS = {
+    "reset-state-every-chunk": ("src/echo_lstm/models/module.py",
+        "logits, hidden = net.run(inputs[k], hidden if carry else None)",
+        "logits, hidden = net.run(inputs[k], None)",
+        ["tests/test_model.py::test_training_step_carries_the_state_from_chunk_to_chunk_detached",
+         "tests/test_learning.py::test_carried_state_is_what_learns_the_boundary_while_training"]),
+    "no-detach-in-training-step": ("src/echo_lstm/models/module.py",
+        "            hidden = net.detach(hidden)\n",
+        "",
+        ["tests/test_model.py::test_training_step_carries_the_state_from_chunk_to_chunk_detached"]),
+    "validation-from-training-state": ("src/echo_lstm/models/module.py",
+        "        logits, _ = self.net(x, None)\n",
+        "        logits, _ = self.net(x, self.train_state)\n",
+        ["tests/test_model.py::test_validation_starts_from_a_zero_state_whatever_the_training_state"]),
+    "early-stopping-on-max": ("src/echo_lstm/models/module.py",
+        'metrics["val/min_acc"] = torch.minimum(metrics["val/acc"], metrics["val/boundary_acc"])',
+        'metrics["val/min_acc"] = torch.maximum(metrics["val/acc"], metrics["val/boundary_acc"])',
+        ["tests/test_model.py::test_early_stopping_needs_both_accuracies_at_the_target"]),
+    "second-ctrl-c-waits": ("src/echo_lstm/callbacks/graceful_stop.py",
+        "            os._exit(128 + signum)  # second Ctrl-C: no more waiting",
+        "            pass  # second Ctrl-C ignored",
+        ["tests/test_resume.py::test_second_ctrl_c_exits_at_once"]),
+    "carried-state-not-kept": ("src/echo_lstm/models/module.py",
+        "        self.train_state = net.pack(hidden)\n",
+        "",
+        ["tests/test_model.py::test_training_step_carries_the_state_from_chunk_to_chunk_detached",
+         "tests/test_resume.py::test_checkpoints_load_weights_only"]),
+    "a-non-empty-dir-is-claimed": ("src/echo_lstm/rundir.py",
+        "            if existing:\n",
+        "            if False:\n",
+        ["tests/test_safety.py::test_a_refused_run_never_touches_an_existing_dir"]),
+    "no-lock": ("src/echo_lstm/rundir.py",
+        "        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n",
+        "        pass\n",
+        ["tests/test_safety.py::test_a_run_in_use_cannot_be_resumed_and_a_dead_runs_lock_is_taken_over"]),
+    "stored-overrides-unchecked": ("src/echo_lstm/resume.py",
+        "    groups = config_groups()\n    parsed =",
+        "    return\n    groups = config_groups()\n    parsed =",
+        ["tests/test_safety.py::test_resume_refuses_stored_overrides_that_are_not_plain_settings"]),
+    "no-figure-at-the-final-step": ("src/echo_lstm/callbacks/echo_figure.py",
+        "        if self._pool is not None and self._last_chunk is not None and step > self._last_step:",
+        "        if False:",
+        ["tests/test_research.py::test_figure_at_a_steady_cadence_and_at_the_final_step"]),
+    "ties-not-ranked-by-steps": ("src/echo_lstm/sweeps/summary.py",
+        "        return (r.status != \"completed\", missing, score, steps, r.job)",
+        "        return (r.status != \"completed\", missing, score, r.job)",
+        ["tests/test_research.py::test_summary_ranks_ties_by_fewer_steps_to_echo"]),
+    "checkpoint-before-its-validation": ("src/echo_lstm/callbacks/checkpoint.py",
+        "        if not compat.validation_follows(trainer):\n",
+        "        if True:\n",
+        ["tests/test_resume.py::test_a_checkpoint_at_a_validation_step_is_written_after_that_validation"]),
+    "refusal-removes-the-users-dir": ("src/echo_lstm/rundir.py",
+        "            if self.created:\n",
+        "            if True:\n",
+        ["tests/test_safety.py::test_an_empty_dir_the_user_named_is_used_and_on_refusal_emptied_not_removed"]),
+}
+
+def run(name):
+    path, old, new, tests = MUTANTS[name]
+    scratch = Path(tempfile.mkdtemp(prefix=f"mutant-{name}-"))
+    shutil.rmtree(scratch)
+    shutil.copytree(REPO, scratch, ignore=shutil.ignore_patterns(".venv*", "outputs", ".git", "*.egg-info",
+                                                                  "__pycache__"))
+    target = scratch / path
+    text = target.read_text()
+    assert old in text, (name, old)
+    target.write_text(text.replace(old, new, 1))
+    env = {**os.environ, "PYTHONPATH": str(scratch / "src")}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", *tests],
+                          cwd=scratch, env=env, capture_output=True, text=True, timeout=900)
+    last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
+    failed = [line.split(" ")[1] for line in proc.stdout.splitlines() if line.startswith("FAILED")]
+    shutil.rmtree(scratch, ignore_errors=True)
+    return {"mutant": name, "exit": proc.returncode, "summary": last, "failed": failed}
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or list(MUTANTS)
+    for n in names:
+        print(json.dumps(run(n)), flush=True)
