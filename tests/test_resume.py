@@ -140,7 +140,7 @@ def test_a_checkpoint_at_a_validation_step_is_written_after_that_validation(tmp_
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 120
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2])
 def test_sigkill_anywhere_then_resume_is_exact(tmp_path, reference, seed):
     run_dir = tmp_path / "run"
     killed_at = kill_and_resume(run_dir, LONG, random.Random(seed).uniform(0.0, 1.0))  # a seeded kill point

@@ -67,8 +67,9 @@ def test_a_refused_run_never_touches_an_existing_dir(tmp_path, trained):
         ["hydra.run.dir=.", "device=gpu"],  # from a cwd holding the user's files
         ["hydra.run.dir=outputs", "ckpt_path=outputs/runs/a_run/checkpoints/lst.ckpt"],
     ], cwd=tmp_path)
-    for proc in results:
-        assert_refused(proc, "is invalid: exists and is not empty")
+    for proc, expected in zip(results, ["no such checkpoint file", "exists and is not empty", "exists and is not "
+                                                                     "empty"], strict=True):
+        assert_refused(proc, expected)
     assert tree(thesis) == before["p"] and tree(outputs) == before["outputs"]
 
 
@@ -76,14 +77,14 @@ def test_an_empty_dir_the_user_named_is_used_and_on_refusal_emptied_not_removed(
     (tmp_path / "empty").mkdir()
     proc = run_train("data.echo_step=abc", run_dir=tmp_path / "empty")
     assert_refused(proc, "data.echo_step=abc")
-    proc = run_train(f"ckpt_path={tmp_path}/none.ckpt", run_dir=tmp_path / "empty")  # refused after the claim
-    assert_refused(proc, "ckpt_path=")
+    (tmp_path / "corrupt.ckpt").write_bytes(b"not a checkpoint")
+    proc = run_train(f"ckpt_path={tmp_path}/corrupt.ckpt", run_dir=tmp_path / "empty")  # refused after the claim
+    assert_refused(proc, "ckpt_path=", "is not a readable checkpoint")
     assert (tmp_path / "empty").is_dir() and not list((tmp_path / "empty").iterdir())
 
 
 REFUSED_AFTER_THE_CLAIM = [
     # (overrides, what the line names): each is refused once the run dir exists (it needs torch or Lightning).
-    (["ckpt_path={tmp}/none.ckpt"], "no such checkpoint file"),
     (["ckpt_path={corrupt}"], "is not a readable checkpoint"),
     (["ckpt_path={foreign}"], "is not an echo-lstm checkpoint"),
     (["ckpt_path={pickled}"], "loading it could run code"),

@@ -233,6 +233,8 @@ def validate(cfg: Any) -> list[str]:
              f"must be between 0 (torch's default) and {cores}, the cores this process may use")
     _require(cfg.optimized_metric in metrics.NAMES, "optimized_metric", cfg.optimized_metric,
              f"must be one of the logged metrics: {', '.join(metrics.NAMES)}")
+    _require(cfg.ckpt_path is None or Path(str(cfg.ckpt_path)).expanduser().is_file(), "ckpt_path", cfg.ckpt_path,
+             "no such checkpoint file")
     validate_data(d)
     validate_net(m.net)
     validate_optimizer(cfg.optimizer)
