@@ -93,3 +93,13 @@ def test_the_summary_tells_when_the_echo_was_learned_and_where_the_run_stopped(t
     first = proc.stdout.strip().splitlines()[0]
     learned = int(first.split("learned the echo at step ")[1].split(" ")[0])
     assert learned < 1332 and "stopped at step 1332 in epoch 1 (trainer.max_epochs=2)" in first
+
+
+def test_a_new_run_from_a_checkpoint_says_so_and_prints_no_library_warning(tmp_path, ok):
+    short = ["data.total_series_length=2000", "trainer.val_check_interval=1", "trainer.enable_progress_bar=false"]
+    ok(run_train(*short, "trainer.max_epochs=1", run_dir=tmp_path / "first"))
+    proc = ok(run_train(*short, "trainer.max_epochs=2", f"ckpt_path={tmp_path}/first/checkpoints/last.ckpt",
+                        run_dir=tmp_path / "second"))
+    assert proc.stdout.startswith("echo-lstm: a new run from ") and "(step 26)" in proc.stdout.splitlines()[0]
+    assert proc.stderr == ""  # no warning about the checkpoint's other dir, nor any other
+    assert torch.load(tmp_path / "second" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 52
