@@ -191,7 +191,8 @@ def test_summary_ranks_ties_by_fewer_steps_to_echo():
 def test_joblib_sweep_runs_in_parallel_with_one_line_per_job_and_figures(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run_train("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "threads=0", "layers=1,2", *TINY,
-                     "figure.every_n_steps=40", f"hydra.sweep.dir={sweep}", multirun=True)
+                     "trainer.enable_progress_bar=true", "figure.every_n_steps=40", f"hydra.sweep.dir={sweep}",
+                     multirun=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "loky" not in proc.stderr
     assert proc.stdout.count("job 0 (layers=1): ") == 1 and proc.stdout.count("job 1 (layers=2): ") == 1

@@ -176,7 +176,7 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
     from echo_lstm.callbacks.checkpoint import AtomicCheckpointIO
     from echo_lstm.callbacks.graceful_stop import StopRequested
     from echo_lstm.loggers import build_loggers, log_hparams
-    from echo_lstm.sweeps.threads import job_threads
+    from echo_lstm.sweeps.threads import job_threads, parallel_jobs
 
     started = time.perf_counter()
     keep_freed_memory()
@@ -196,6 +196,8 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
     loggers = build_loggers(cfg, **({"purge_step": start.step + 1} if start.in_place else {}))
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None] + list(callbacks or [])
     args = trainer_arguments(cfg)
+    if parallel_jobs() > 1:  # progress bars of parallel jobs would interleave: each job prints one line at its end
+        args["enable_progress_bar"] = False
     callbacks = drop_disabled(callbacks, args)
     if args.get("enable_checkpointing") is None and not any(isinstance(c, pl.callbacks.Checkpoint) for c in callbacks):
         args["enable_checkpointing"] = False  # no checkpoint callback configured: none of Lightning's either
