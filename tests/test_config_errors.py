@@ -116,3 +116,17 @@ def test_an_echo_longer_than_a_chunk_is_allowed_with_a_warning():
     warnings = validate(compose("data.echo_step=15"))
     assert warnings == ["data.echo_step=15 >= data.truncated_backprop_length=15: every target lies in an earlier "
                         "chunk, beyond the reach of truncated backpropagation"]
+
+
+@pytest.mark.parametrize("path", ["outputs/runs/2026-01-01_00-00-00", "my runs/it's a \"run\"", "/tmp/a,b=c\\"])
+def test_printed_commands_paste_into_a_shell_and_reach_hydra_intact(path):
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from echo_lstm.errors import command, hydra_quote
+
+    line = command("python", "train.py", "resume=" + hydra_quote(path))
+    args = shlex.split(line)  # what the shell hands to train.py
+    assert args[:2] == ["python", "train.py"]
+    assert OverridesParser.create().parse_override(args[2]).value() == path
