@@ -76,10 +76,14 @@ def test_layers_override_builds_five_layers_and_max_epochs_passes_through(tmp_pa
     assert ckpt["global_step"] == 120
 
 
-def test_same_seed_same_weights(tmp_path, ok):
+def test_same_seed_same_weights(tmp_path):
+    from conftest import compose
+
+    from echo_lstm.training import train
+
     weights = []
     for name in ("a", "b"):
-        ok(run_train(*TINY, "seed=5", run_dir=tmp_path / name))
+        train(compose(*TINY, "seed=5", run_dir=tmp_path / name))
         weights.append(torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"])
     for key in weights[0]:
         assert torch.equal(weights[0][key], weights[1][key]), key
