@@ -215,24 +215,24 @@ def read_checkpoint(path: Path, key: str) -> dict[str, Any]:
     return ckpt
 
 
-def check_checkpoint(ckpt: dict[str, Any], model: Any, streams: int, key: str, path: Path,
-                     for_training: bool = True) -> None:
-    """Refuse a checkpoint that does not fit `model` (the config's network) or lacks what resuming needs."""
+def check_checkpoint(ckpt: dict[str, Any], net: Any, net_config: dict[str, Any], streams: int, key: str,
+                     path: Path) -> None:
+    """Refuse a checkpoint that does not fit `net` (the config's network, built from `net_config`; the model holds it
+    as `net`) or lacks what resuming needs. Needs torch only: a refusal comes before Lightning is imported."""
     import torch
 
     saved = (ckpt.get("hyper_parameters") or {}).get("net") or {}
-    wanted = getattr(model.hparams, "net", {}) or {}
+    wanted = net_config
     for name in ("cell", "layers", "state_size"):
         if name in saved and name in wanted and saved[name] != wanted[name]:
             shown = "layers" if name == "layers" else f"model.net.{name}"
             raise ConfigError(key, str(path), f"was trained with {shown}={saved[name]!r}, the config asks for "
                                               f"{wanted[name]!r}; use the same setting or start a new run")
-    if for_training:
-        missing = [k for k in REQUIRED if k not in ckpt]
-        if missing:
-            raise ConfigError(key, str(path), f"lacks {', '.join(missing)}: an incomplete or edited checkpoint")
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise ConfigError(key, str(path), f"lacks {', '.join(missing)}: an incomplete or edited checkpoint")
     state_dict = ckpt["state_dict"]
-    expected = model.state_dict()
+    expected = {f"net.{name}": tensor for name, tensor in net.state_dict().items()}
     if not isinstance(state_dict, dict) or set(state_dict) != set(expected):
         names = set(state_dict) if isinstance(state_dict, dict) else set()
         odd = sorted(names ^ set(expected))[:3]
@@ -244,7 +244,6 @@ def check_checkpoint(ckpt: dict[str, Any], model: Any, streams: int, key: str, p
                               f"{tuple(getattr(got, 'shape', ()))}, the config's network {tuple(tensor.shape)})")
     state = ckpt.get("echo_train_state")
     if state is not None:
-        net = model.net
         want = (net.layers, net.parts, streams, net.state_size) if hasattr(net, "parts") else None
         if not torch.is_tensor(state) or (want is not None and tuple(state.shape) != want):
             raise ConfigError(key, str(path), f"its carried state has shape {tuple(getattr(state, 'shape', ()))}, "

@@ -106,7 +106,7 @@ class Start:
     in_place: bool = False
 
 
-def starting_point(cfg: DictConfig, run_dir: Path, model: Any) -> Start:
+def starting_point(cfg: DictConfig, run_dir: Path) -> Start:
     """The checkpoint to start from, checked against the config.
 
     `resume=<run dir>` continues that run from its `last.ckpt`; a requeued SLURM job continues from the
@@ -130,8 +130,11 @@ def starting_point(cfg: DictConfig, run_dir: Path, model: Any) -> Start:
         key, path, in_place = "ckpt_path", Path(str(cfg.ckpt_path)), False
     else:
         return Start()
+    from hydra.utils import instantiate
+
     ckpt = read_checkpoint(path, key)
-    check_checkpoint(ckpt, model, cfg.data.batch_size, key, path)
+    net_config = OmegaConf.to_container(cfg.model.net, resolve=True)
+    check_checkpoint(ckpt, instantiate(net_config), net_config, cfg.data.batch_size, key, path)
     return Start(path, int(ckpt.get("global_step", 0)), int(ckpt.get("epoch", 0)), in_place)
 
 
@@ -166,13 +169,18 @@ def train(cfg: DictConfig, callbacks: list[Any] | None = None) -> RunResult:
 
 
 def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
+    from echo_lstm import distributed
+
+    # What can be refused with torch alone, before Lightning is imported (seconds): the checkpoint, the devices.
+    run_dir = Path(cfg.run_dir)
+    start = starting_point(cfg, run_dir)
+    device = distributed.trainer_device_args(OmegaConf.to_container(cfg.device, resolve=True))
     quiet_libraries()
     import pytorch_lightning as pl
     import torch
     from hydra.utils import instantiate
     from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-    from echo_lstm import distributed
     from echo_lstm.callbacks.checkpoint import AtomicCheckpointIO
     from echo_lstm.callbacks.graceful_stop import StopRequested
     from echo_lstm.loggers import build_loggers, log_hparams
@@ -184,13 +192,10 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
     if threads > 0:
         torch.set_num_threads(threads)
     pl.seed_everything(cfg.seed, verbose=False)
-    run_dir = Path(cfg.run_dir)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
                         gradient_clip_val=cfg.trainer.gradient_clip_val,
                         gradient_clip_algorithm=cfg.trainer.gradient_clip_algorithm, _recursive_=False)
-    start = starting_point(cfg, run_dir, model)
-    device = distributed.trainer_device_args(OmegaConf.to_container(cfg.device, resolve=True))
     # Resuming appends to the same TensorBoard run; purge_step tells TensorBoard to drop what the interrupted run
     # logged after its last checkpoint, so no step appears twice.
     loggers = build_loggers(cfg, **({"purge_step": start.step + 1} if start.in_place else {}))
