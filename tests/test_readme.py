@@ -25,6 +25,7 @@ NOT_RUN = {
     "tensorboard ": "a server",
     "pip install": "installs packages",
     "python benchmarks/throughput.py": "minutes; tests/test_benchmark.py runs it with few repeats",
+    "python benchmarks/sweep_speedup.py": "minutes (two sweeps of 4 jobs of ~10 s); docs/research.md has its figures",
     "python train.py device=gpu": "needs a GPU" if not torch.cuda.is_available() else "",
     "python train.py device=multi_gpu": "needs GPUs (and 2 machines)",
     "python train.py -m layers=1,2,3,5": "~30 s; tests/test_research.py runs sweeps on a tiny series",
@@ -96,36 +97,39 @@ def run(command: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.slow
-def test_every_cheap_command_in_the_readme_and_docs_runs_as_written(repo_copy):
-    every = [(path.name, c) for path in DOCS for c in commands(path)]
-    to_run = [(doc, c) for doc, c in every if reason_not_run(c) is None]
-    assert len(to_run) >= 10, to_run
-    # A first run, for the commands that name one (<run>, <file.ckpt>).
-    first = run("python train.py", repo_copy)
-    assert first.returncode == 0, first.stderr[-2000:]
-    run_dir = next((repo_copy / "outputs" / "runs").iterdir())
-    fill = {"<run>": run_dir.name, "<file.ckpt>": str(run_dir / "checkpoints" / "last.ckpt")}
+def cheap_commands(needing_a_run: bool) -> list[tuple[str, str]]:
+    """(doc, command) of every command run here: those that continue or evaluate a run (they name `<run>`,
+    `<file.ckpt>`, resume=latest), with `python train.py` that makes it; or all the others."""
+    every = [(path.name, c) for path in DOCS for c in commands(path) if reason_not_run(c) is None]
+    needs = [(d, c) for d, c in every if "<" in c or "resume=" in c or c.startswith("python eval.py")
+             or c == "python train.py"]
+    return needs if needing_a_run else [item for item in every if item not in needs]
+
+
+def run_all(items: list[tuple[str, str]], cwd: Path, fill: dict[str, str] | None = None,
+            parallel: int = 2) -> list[str]:
+    """Run each command as written (placeholders filled); returns the failures."""
 
     def check(item: tuple[str, str]) -> str | None:
         doc, command = item
-        for placeholder, value in fill.items():
+        for placeholder, value in (fill or {}).items():
             command = command.replace(placeholder, value)
         if "<" in command:
             return f"{doc}: {command!r} has a placeholder this test cannot fill"
-        if command.startswith("import ") or command == "python train.py":
-            return None
-        proc = run(command, repo_copy)
+        proc = run(command, cwd)
         if proc.returncode != 0:
             return f"{doc}: {command!r} exited {proc.returncode}: {proc.stderr.strip()[-600:]}"
         return None
 
-    # Two at a time, but the commands that continue a run after the others: one at a time (a run in use is locked,
-    # and resume=latest takes the newest run).
-    later = [item for item in to_run if "resume=" in item[1] or "ckpt_path=<file" in item[1]]
-    with ThreadPoolExecutor(2) as pool:
-        failures = [f for f in pool.map(check, [item for item in to_run if item not in later]) if f]
-    failures += [f for f in map(check, later) if f]
+    with ThreadPoolExecutor(parallel) as pool:
+        return [f for f in pool.map(check, items) if f]
+
+
+@pytest.mark.slow
+def test_every_cheap_command_that_needs_no_run_works_as_written(repo_copy):
+    items = cheap_commands(needing_a_run=False)
+    assert len(items) >= 6, items
+    failures = run_all(items, repo_copy)
     assert not failures, "\n".join(failures)
 
 

@@ -27,7 +27,7 @@ LONG = [
     "callbacks.early_stopping=null",
     "trainer.enable_progress_bar=false",
 ]
-LONG_DDP = [*LONG, "device=ddp_cpu", "device.devices=2", "data.batch_size=4"]
+LONG_DDP = [*LONG, "device=ddp_cpu", "device.devices=2", "data.batch_size=4", "trainer.max_epochs=4"]
 
 
 def start(*overrides: str, run_dir: Path) -> subprocess.Popen:
