@@ -9,8 +9,9 @@ How it stays correct when jobs fail or run in other processes:
   for Hydra's sweepers) that also carries every final metric, the steps, and for a job that failed in a known
   way (a bad setting, divergence ...) its one-line reason and exit code (its value is then NaN).
 * `on_job_end` runs in the process that ran the job (the main process, a joblib worker, a cluster node). It
-  writes the job's record to `<sweep dir>/.jobs/<num>.json` and rewrites the summary from every record there,
-  under a file lock: the files are complete after every job, whatever happens to the sweep afterwards.
+  writes the job's record to `<sweep dir>/.jobs/<num>.json` and rewrites the table from every record there,
+  under a file lock: the table is complete after every job, whatever happens to the sweep afterwards. The
+  picture is drawn when the sweep ends (or at exit, if a job's exception ends it).
 * A job that raised (a bug) is recorded as failed with its exception; Hydra then re-raises it once its batch of
   jobs is done, and the table is printed at exit.
 """
@@ -273,15 +274,17 @@ class SweepSummary(Callback):
     def _records(self) -> list[JobRecord]:
         return self.read_records(self._sweep_dir) if self._sweep_dir else []
 
-    def write_summary(self, sweep_dir: Path) -> str:
-        """Rewrite summary.csv, summary.png and summary.md from every record; returns the Markdown."""
+    def write_summary(self, sweep_dir: Path, picture: bool = False) -> str:
+        """Rewrite summary.csv and summary.md from every record, and with `picture` summary.png (matplotlib: ~1 s,
+        so once, when the sweep ends, not after every job); returns the Markdown."""
         records = self.read_records(sweep_dir)
         if not records:
             return ""
         summary = Summary.of(records)
         write_atomic(sweep_dir / "summary.csv", summary.csv())
-        picture = self._plot(summary, sweep_dir)
-        text = summary.markdown(sweep_dir, picture)
+        if picture:
+            picture = self._plot(summary, sweep_dir)
+        text = summary.markdown(sweep_dir, picture or (sweep_dir / "summary.png").is_file())
         write_atomic(sweep_dir / "summary.md", f"# Sweep summary: {sweep_dir.name}\n\n{text}")
         return text
 
@@ -304,7 +307,7 @@ class SweepSummary(Callback):
             return []
         self._done = True
         with file_lock(self._sweep_dir / RECORDS / "lock"):
-            text = self.write_summary(self._sweep_dir)
+            text = self.write_summary(self._sweep_dir, picture=True)
         if self.print_table and text:
             where = os.path.relpath(self._sweep_dir)
             print(f"\nSweep summary ({where}/summary.md, .csv, .png): {text}", flush=True)
