@@ -26,6 +26,9 @@ def test_carried_state_is_what_learns_the_boundary_while_training(tmp_path):
     # with resets echoes across boundaries too (its delay line works from any state): val/* cannot tell them apart.
     assert reset.metrics["train/acc"] > 0.8
     assert carried.metrics["val/boundary_acc"] >= 0.99 and reset.metrics["val/boundary_acc"] >= 0.9
+    from echo_lstm import metrics
+
+    assert set(carried.metrics) == set(metrics.NAMES)  # every metric the run computes is registered, and back
 
 
 def test_direct_and_lightning_optimizer_paths_are_bitwise_identical(tmp_path):

@@ -148,8 +148,10 @@ def trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
     args = OmegaConf.to_container(cfg.trainer, resolve=True)
     for key in ("gradient_clip_val", "gradient_clip_algorithm"):  # manual optimization: the model clips per chunk
         args.pop(key)
-    for key in [k for k in args if k not in accepted]:
-        if args.pop(key) != getattr(cfg.trainer, key, None) or cfg.trainer[key] not in (None, False, True, 0):
+    from echo_lstm.config import TrainerConfig
+
+    for key in [k for k in args if k not in accepted]:  # an argument of a newer Lightning: dropped if not set
+        if args.pop(key) != TrainerConfig.__dataclass_fields__[key].default:
             raise ConfigError(f"trainer.{key}", cfg.trainer[key],
                               f"is not an argument of this pytorch_lightning ({pl.__version__})")
     return args
