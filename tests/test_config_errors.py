@@ -50,6 +50,7 @@ BAD = [
     ("optimizer.lr=-0.1", "error: optimizer.lr=-0.1 is invalid: must be > 0"),
     ("optimizer.lr=fast", "error: optimizer.lr='fast' is invalid: must be > 0"),
     ("optimizer.weight_decay=inf", "error: optimizer.weight_decay=inf is invalid: must be a finite number"),
+    ("optimizer.lr=1e308", "error: optimizer.lr=1e+308 is invalid: must be below 3.4e38 (a float32's range)"),
     ("optimizer.initial_accumulator_value=-1",
      "error: optimizer.initial_accumulator_value=-1 is invalid: must be >= 0"),
     ("optimizer.name=rmsprop", "error: optimizer.name=rmsprop is invalid: no such setting"),

@@ -198,7 +198,7 @@ def test_resume_accepts_a_value_equal_to_the_runs_own_and_records_the_resumed_co
 def test_hydra_level_mistakes_are_one_line(tmp_path):
     cases = [["layerz=5"], ["device=tpu9"], ["layers=abc"], ["layers=[1"], ["seed=-1"], ["threads=1000"],
              ["model.net.forget_bias=nan"], ["optimizer.weight_decay=inf"], ["trainer.check_val_every_n_epoch=0"],
-             ["data.echo_step=20000"], ["model.net.state_size=100000"]]
+             ["data.echo_step=20000"], ["model.net.state_size=100000"], ["optimizer.lr=1e308"]]
     for case, proc in zip(cases, run_all([[*c, f"hydra.run.dir={tmp_path}/run"] for c in cases]), strict=True):
         assert_refused(proc, case[0].split("=")[0] + "=")
     assert not (tmp_path / "run").exists()

@@ -301,6 +301,7 @@ def validate_net(net: Any) -> None:
     _require(0.0 <= n.dropout < 1.0, "model.net.dropout", n.dropout, "must be in [0, 1)")
 
 
+FLOAT32_MAX = 3.4028234663852886e38
 # Settings common to torch optimizers: their allowed ranges (torch would refuse some only when training).
 OPTIMIZER_RANGES = {
     "lr": (lambda v: v > 0, "must be > 0"),
@@ -321,6 +322,9 @@ def validate_optimizer(o: Any) -> None:
     for key, (ok, allowed) in OPTIMIZER_RANGES.items():
         if key in o and o[key] is not None:
             _require(_number(o[key]) and ok(o[key]), f"optimizer.{key}", o[key], allowed)
+    for key, value in o.items():  # torch applies them in float32: a larger number overflows there
+        if _number(value):
+            _require(abs(value) < FLOAT32_MAX, f"optimizer.{key}", value, "must be below 3.4e38 (a float32's range)")
 
 
 def validate_trainer(t: Any) -> None:
