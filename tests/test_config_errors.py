@@ -81,6 +81,9 @@ BAD = [
     ("trainer.fast_dev_runn=true", "error: trainer.fast_dev_runn=true is invalid: no such setting (did you mean "
                                    "fast_dev_run?)"),
     ("trainer.limit_train_batches=1.5", "error: trainer.limit_train_batches=1.5 is invalid: must be an integer >= 0"),
+    ("trainer.deterministic=maybe", "error: trainer.deterministic='maybe' is invalid: must be true, false, warn"),
+    ("trainer.num_sanity_val_steps=-5", "error: trainer.num_sanity_val_steps=-5 is invalid: must be an integer >= -1"),
+    ("trainer.min_epochs=-3", "error: trainer.min_epochs=-3 is invalid: must be an integer >= 0 or null"),
 ]
 # Trainer arguments the app owns elsewhere: refused with where they live.
 OWNED = [("trainer.devices=2", "device.devices"), ("trainer.accelerator=gpu", "device.accelerator"),

@@ -92,6 +92,10 @@ REFUSED_AFTER_THE_CLAIM = [
     (["ckpt_path={bad_state}", "layers=2"], "its carried state has shape (2, 2, 9, 4)"),
     (["ckpt_path={trained_ckpt}"], "was trained with layers=2, the config asks for 3"),
     (["trainer.profiler=nonsense"], "trainer.profiler='nonsense' is invalid: Lightning refuses it"),
+    (["trainer.max_time=abc"], "trainer.max_time='abc' is invalid: Lightning refuses it"),
+    (["optimizer._target_=torch.optim.Nope"], "optimizer._target_=torch.optim.Nope is invalid: cannot be built"),
+    (["model.net._target_=torch.nn.Linear"], "model.net._target_=torch.nn.Linear is invalid: cannot be built: "
+                                              "Linear.__init__() got an unexpected keyword argument 'cell'"),
     *([] if torch.cuda.is_available() else [(["device=gpu"], "no CUDA GPU is visible")]),
 ]
 

@@ -354,6 +354,13 @@ def validate_trainer(t: Any) -> None:
              t.gradient_clip_algorithm, "must be norm or value")
     _require(t.fast_dev_run is False or t.fast_dev_run is True or (_is_int(t.fast_dev_run) and t.fast_dev_run >= 0),
              "trainer.fast_dev_run", t.fast_dev_run, "must be true, false or a number of batches >= 0")
+    _require(t.deterministic in (None, True, False, "warn"), "trainer.deterministic", t.deterministic,
+             "must be true, false, warn or null")
+    _require(t.num_sanity_val_steps is None or (_is_int(t.num_sanity_val_steps) and t.num_sanity_val_steps >= -1),
+             "trainer.num_sanity_val_steps", t.num_sanity_val_steps, "must be an integer >= -1 (-1: all) or null")
+    for key in ("min_epochs", "min_steps"):
+        _require(t[key] is None or (_is_int(t[key]) and t[key] >= 0), f"trainer.{key}", t[key],
+                 "must be an integer >= 0 or null")
 
 
 def validate_monitors(callbacks: Any) -> None:

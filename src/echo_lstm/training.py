@@ -194,10 +194,14 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
     if threads > 0:
         torch.set_num_threads(threads)
     pl.seed_everything(cfg.seed, verbose=False)
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-                        gradient_clip_val=cfg.trainer.gradient_clip_val,
-                        gradient_clip_algorithm=cfg.trainer.gradient_clip_algorithm, _recursive_=False)
+    datamodule = built("data", cfg.data, lambda: instantiate(cfg.data))
+    model = built("model.net", cfg.model.net, lambda: instantiate(
+        cfg.model, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        gradient_clip_val=cfg.trainer.gradient_clip_val, gradient_clip_algorithm=cfg.trainer.gradient_clip_algorithm,
+        _recursive_=False))
+    optimizer = built("optimizer", cfg.optimizer, model.configure_optimizers)  # refused now, not inside fit
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError("optimizer._target_", cfg.optimizer._target_, "must name a torch.optim.Optimizer class")
     # Resuming appends to the same TensorBoard run; purge_step tells TensorBoard to drop what the interrupted run
     # logged after its last checkpoint, so no step appears twice.
     loggers = build_loggers(cfg, **({"purge_step": start.step + 1} if start.in_place else {}))
@@ -292,12 +296,29 @@ def drop_disabled(callbacks: list[Any], args: dict[str, Any]) -> list[Any]:
     return callbacks
 
 
+def built(key: str, node: Any, make: Any) -> Any:
+    """`make()`, or one line naming the config node when what it names cannot be built (a wrong `_target_`, an
+    argument its class does not take, a value it refuses)."""
+    from hydra.errors import InstantiationException
+
+    try:
+        return make()
+    except (InstantiationException, TypeError, ValueError, ImportError, AttributeError) as error:
+        while error.__cause__ is not None:  # Hydra wraps the error that says what is wrong
+            error = error.__cause__
+        text = " ".join(line.strip() for line in str(error).strip().splitlines()) or type(error).__name__
+        text = text.split(", set env var HYDRA_FULL_ERROR")[0][:240]
+        target = OmegaConf.select(node, "_target_", default="?") if OmegaConf.is_config(node) else "?"
+        raise ConfigError(f"{key}._target_", Raw(target), f"cannot be built: {text}") from None
+
+
 def trainer_refusal(error: BaseException, cfg: DictConfig) -> ConfigError:
     """Lightning's refusal of a Trainer argument as one line naming it (Lightning names it in backticks)."""
     import re
 
     text = (str(error).strip().splitlines() or [type(error).__name__])[0]
     named = [n for n in re.findall(r"`(\w+)", text) if n in cfg.trainer]
+    named += [k for k, v in cfg.trainer.items() if isinstance(v, str) and f"'{v}'" in text]  # a value it quotes
     if named:
         return ConfigError(f"trainer.{named[0]}", cfg.trainer[named[0]], f"Lightning refuses it: {text}")
     return ConfigError("trainer", Raw("..."), f"Lightning refuses these settings: {text}")
