@@ -35,7 +35,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from echo_lstm import metrics as registry
-from echo_lstm.sweeps.naming import split_override
+from echo_lstm.sweeps.naming import job_values, split_override
 
 RECORDS = ".jobs"
 
@@ -215,8 +215,9 @@ class SweepSummary(Callback):
         failed = self._report()
         if failed:  # one line and an exit code, as for a single run (the reasons are in the table above)
             first = failed[0]
+            label = " ".join(job_values(first.overrides)) or "defaults"
             print(f"error: {len(failed)} of {len(self._records())} jobs failed (summary.md has every reason); "
-                  f"job {first.job} {' '.join(first.overrides)}: {first.reason}", file=sys.stderr, flush=True)
+                  f"job {first.job} ({label}): {first.reason}", file=sys.stderr, flush=True)
             raise SystemExit(first.exit_code or 1)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
