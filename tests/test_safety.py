@@ -257,3 +257,27 @@ def test_a_stray_slurm_checkpoint_is_refused_and_a_requeued_job_continues(tmp_pa
     proc = run_train(*args, run_dir=run_dir, env={"SLURM_JOB_ID": "77"})  # the requeued job itself
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 180
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A small tmpfs (mounting needs root): room for a run's first files, not for its checkpoints."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+@pytest.mark.parametrize("where", ["checkpoints", "event file"])
+def test_a_full_disk_is_one_line_naming_the_file(small_disk, where):
+    args = ["data.total_series_length=20000", "trainer.max_epochs=3", "trainer.enable_progress_bar=false"]
+    if where == "event file":  # no checkpoints: TensorBoard's writer thread meets the full disk first
+        args += ["callbacks.model_checkpoint=null", "callbacks.last_checkpoint=null"]
+    proc = run_train(*args, run_dir=small_disk / "run")
+    line = assert_refused(proc, "No space left on device", code=4)
+    named = "/checkpoints/" if where == "checkpoints" else "events.out.tfevents"
+    assert line.startswith(f"error: could not write {small_disk}/run") and named in line, line
+    assert not list(small_disk.rglob("*.tmp-*"))  # no half-written checkpoint left behind
