@@ -26,7 +26,7 @@ from omegaconf import DictConfig  # noqa: E402
 from echo_lstm import cli, rundir  # noqa: E402
 from echo_lstm.config import register_configs, validate  # noqa: E402
 from echo_lstm.distributed import is_launched_rank  # noqa: E402
-from echo_lstm.errors import ConfigError, EchoError, Stopped, WriteFailed, report  # noqa: E402
+from echo_lstm.errors import LEAVES_NOTHING, ConfigError, EchoError, Stopped, report  # noqa: E402
 
 register_configs()
 
@@ -55,15 +55,12 @@ def main(cfg: DictConfig) -> float:
         value = result.value(cfg.optimized_metric)
         return JobResult(value, result.metrics, step=result.step) if multirun else value
     except EchoError as error:
-        if isinstance(error, ConfigError):  # refused: remove what this run made (nothing of the user's)
-            if multirun:
-                from hydra.core.hydra_config import HydraConfig
+        if multirun and isinstance(error, ConfigError):  # a refused job: its dir lies in the claimed sweep dir
+            from hydra.core.hydra_config import HydraConfig
 
-                shutil.rmtree(HydraConfig.get().runtime.output_dir, ignore_errors=True)  # in the claimed sweep dir
-            elif rundir.current is not None and speaker:
-                rundir.current.release(remove=True)
-        elif isinstance(error, (WriteFailed, Stopped)) and not multirun and rundir.current is not None and speaker:
-            rundir.current.release(remove=True)  # a run that has written no checkpoint yet leaves nothing
+            shutil.rmtree(HydraConfig.get().runtime.output_dir, ignore_errors=True)
+        elif not multirun and isinstance(error, LEAVES_NOTHING):
+            release_claim()  # only what this run made, and nothing once it has written a checkpoint
         if multirun and not isinstance(error, Stopped):  # the job fails; the sweep goes on
             print(f"{cli.job_label()} failed: {error}", file=sys.stderr, flush=True)
             return JobResult.failed(str(error), error.exit_code)

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 from echo_lstm.errors import (
+    LEAVES_NOTHING,
     USAGE,
     ConfigError,
     EchoError,
     Raw,
-    WriteFailed,
     disk_error,
     quiet_thread_disk_errors,
     report,
@@ -191,8 +191,8 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
         sys.argv = [sys.argv[0], *argv]
         hydra_main()
     except EchoError as error:
-        if on_failure and isinstance(error, (ConfigError, WriteFailed)):
-            on_failure()  # (a run that has trained keeps its dir: rundir.Claim.release)
+        if on_failure and isinstance(error, LEAVES_NOTHING):
+            on_failure()  # (a run that has written a checkpoint keeps its dir: rundir.Claim.release)
         sys.exit(report(error, quiet))
     except Exception as error:
         from echo_lstm import rundir

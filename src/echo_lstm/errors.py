@@ -102,6 +102,11 @@ class Stopped(EchoError):
         return (Stopped, (self.signum, self.message))
 
 
+# After these, a run that has written no checkpoint leaves nothing (rundir.Claim.release); a diverged run keeps its
+# dir, whose curves show what happened.
+LEAVES_NOTHING = (ConfigError, WriteFailed, Stopped)
+
+
 def signal_name(signum: int) -> str:
     try:
         return signal.Signals(signum).name

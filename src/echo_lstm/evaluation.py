@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import MISSING, DictConfig, OmegaConf, read_write
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-from echo_lstm import rundir
 from echo_lstm.config import CONF_DIR, DeviceConfig, available_cores, validate_device
 from echo_lstm.errors import ConfigError, disk_error, report
 from echo_lstm.resume import LAST
@@ -106,16 +105,13 @@ class Preflight(Callback):
     """Check the settings and claim a new output dir before Hydra writes anything (as train.py's Preflight)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from echo_lstm.preflight import user_set
+        from echo_lstm.preflight import claim_run_dir
 
         try:  # Hydra turns an exception in a callback into a warning and goes on: exit here
             check_settings(config)
-            rundir.current = rundir.claim_new(Path(config.hydra.run.dir), "hydra.run.dir",
-                                              unique=not user_set(config, "hydra.run.dir"), hint="")
+            claim_run_dir(config, hint="")
         except ConfigError as error:
             sys.exit(report(error))
-        with read_write(config.hydra.run):
-            config.hydra.run.dir = str(rundir.current.path)
 
 
 def known_nets() -> set[str]:

@@ -38,6 +38,17 @@ def requeued_slurm_job(run_dir: Path) -> bool:
     return bool(job) and marker.is_file() and marker.read_text().strip() == job and any(run_dir.glob(HPC))
 
 
+def claim_run_dir(config: DictConfig, claim: rundir.Claim | None = None,
+                  hint: str = " (to continue the run in it: resume=<dir>)") -> None:
+    """Claim the run dir (`claim`, or a new one: rundir.claim_new) and point Hydra at it, before Hydra writes."""
+    if claim is None:
+        claim = rundir.claim_new(Path(config.hydra.run.dir), "hydra.run.dir",
+                                 unique=not user_set(config, "hydra.run.dir"), hint=hint)
+    rundir.current = claim
+    with read_write(config.hydra.run):
+        config.hydra.run.dir = str(claim.path)
+
+
 class Preflight(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if is_launched_rank():
@@ -47,13 +58,9 @@ class Preflight(Callback):
             check_available(config)
             if rundir.current is None:  # (a resume claimed its dir before Hydra composed)
                 path = Path(config.hydra.run.dir)
-                if requeued_slurm_job(path):
-                    rundir.current = rundir.claim_existing(path, "hydra.run.dir", appends=("train.log",))
-                else:
-                    unique = not user_set(config, "hydra.run.dir")
-                    rundir.current = rundir.claim_new(path, "hydra.run.dir", unique=unique)
-                with read_write(config.hydra.run):
-                    config.hydra.run.dir = str(rundir.current.path)
+                requeued = requeued_slurm_job(path)
+                claim_run_dir(config, rundir.claim_existing(path, "hydra.run.dir", appends=("train.log",))
+                              if requeued else None)
         except ConfigError as error:
             sys.exit(report(error))
 
