@@ -70,6 +70,10 @@ MUTANTS = {
         "            if self.created:\n",
         "            if True:\n",
         ["tests/test_safety.py::test_an_empty_dir_the_user_named_is_used_and_on_refusal_emptied_not_removed"]),
+    "library-warnings-on-the-console": ("conf/hydra/job_logging/echo.yaml",
+        "    filters: [no_library_warnings]\n",
+        "",
+        ["tests/test_train_e2e.py::test_library_warnings_go_to_train_log_not_the_console"]),
 }
 
 def run(name):

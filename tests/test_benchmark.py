@@ -43,6 +43,7 @@ def test_bad_argument_is_refused_before_any_work():
     assert "--repeats must be >= 1" in proc.stderr
 
 
+@pytest.mark.learning
 @pytest.mark.slow
 def test_benchmark_reports_both_throughputs_the_ratio_and_train_py_timings(tmp_path):
     out = tmp_path / "report.json"

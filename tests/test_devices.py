@@ -34,6 +34,7 @@ def test_each_rank_owns_disjoint_streams_in_order():
         assert torch.equal(dm.val_series()["x"], whole.val_series()["x"][2 * r : 2 * r + 2])
 
 
+@pytest.mark.learning
 @pytest.mark.slow
 def test_ddp_cpu_learns_with_one_run_dir_one_event_file_one_checkpoint(tmp_path, ok):
     # The README's command, exactly as written (from a fresh directory).

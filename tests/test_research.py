@@ -74,6 +74,7 @@ def test_steps_to_echo_window_and_checkpoint_state():
     assert again.reached_at == 128 and not again.update(160, 1.0)  # reached once, kept
 
 
+@pytest.mark.learning
 def test_steps_to_echo_is_logged_once_at_its_step_and_smaller_for_an_easy_setting(tmp_path):
     from echo_lstm.training import train
 

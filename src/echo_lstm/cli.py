@@ -175,6 +175,7 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
     hydra_detail = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises; we report (or re-raise, for the user who set it)
     logging.raiseExceptions = False  # a full disk must not turn each log line into a traceback
+    logging.captureWarnings(True)  # to train.log, not the console (NoLibraryWarnings)
     quiet_thread_disk_errors()
     quiet = is_launched_rank()  # DDP ranks > 0 fail alike; rank 0 speaks for them
     try:
@@ -204,6 +205,15 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
         if on_failure:
             on_failure()
         sys.exit(report(translated, quiet))
+
+
+class NoLibraryWarnings(logging.Filter):
+    """The console's filter (conf/hydra/job_logging/echo.yaml): Python warnings, which `run` sends to logging,
+    reach train.log only. They are the libraries' (this app prints its own `warning:` lines), and some are noise
+    for this app's runs: Lightning's `srun` hint on every SLURM login node, a deprecation of a dependency."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != "py.warnings"
 
 
 def is_multirun() -> bool:
