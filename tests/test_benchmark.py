@@ -71,3 +71,20 @@ def test_benchmark_reports_both_throughputs_the_ratio_and_train_py_timings(tmp_p
     default = cli["default_result"]  # from the run's result.json
     assert cli["default_run"]["exit"] == 0 and default["step"] > 0 and default["seconds"] > 0
     assert default["reached"] is not None and default["stop_reason"].startswith("early stopping")
+
+
+@pytest.mark.slow
+def test_learning_spread_runs_each_machine_in_its_own_process_and_tabulates(tmp_path):
+    # Two emulated machines, one seed of a short run: the table's rows come from processes that really ran those
+    # kernels (the child reports what torch picked), with the step each seed learned at ('-' if not).
+    out = tmp_path / "rows.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "learning_spread.py"), "--seeds", "1",
+                           "--machines", "portable", "avx2", "--json", str(out), "--", "trainer.max_steps=256"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [(r["machine"], r["kernel"], r["seed"]) for r in rows] == [("portable", "DEFAULT/SSE41", 1),
+                                                                       ("avx2", "AVX2/AVX2", 1)]
+    for row in rows:
+        assert row["step"] <= 256 + 63 and (row["reached"] is None or 0 < row["reached"] <= row["step"])
+    assert "| portable (DEFAULT/SSE41) | " in proc.stdout and "| avx2 (AVX2/AVX2) | " in proc.stdout

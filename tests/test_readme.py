@@ -22,6 +22,8 @@ NOT_RUN = {
     "python3 -m venv .venv &&": "the set-up: .ci/run runs it (test_ci_runs_the_readme_setup_and_test_commands)",
     "python3 -m venv .venv-oldest": "the oldest-versions check: .ci/run runs it",
     "pytest": "the tests themselves",
+    "ATEN_CPU_CAPABILITY=default ": "the tests themselves, on torch's portable kernels: .ci/run runs it",
+    "python benchmarks/learning_spread.py": "minutes (8 seeds x 4 machines); tests/test_benchmark.py runs one seed",
     "tensorboard ": "a server",
     "pip install": "installs packages",
     "python benchmarks/throughput.py": "minutes; tests/test_benchmark.py runs it with few repeats",
