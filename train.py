@@ -17,6 +17,7 @@ def stopped_at_start(signum: int, frame: object) -> None:  # until cli.run takes
 
 signal.signal(signal.SIGINT, stopped_at_start)
 
+import logging  # noqa: E402
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -37,6 +38,7 @@ def main(cfg: DictConfig) -> float:
     from echo_lstm.sweeps.summary import JobResult
 
     distributed.entry_script = Path(__file__).resolve()  # what a DDP rank runs
+    logging.captureWarnings(True)  # library warnings to train.log only (cli.NoLibraryWarnings), in a joblib worker too
     multirun, speaker = cli.is_multirun(), not is_launched_rank()
     try:
         for warning in validate(cfg):

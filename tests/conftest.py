@@ -80,6 +80,16 @@ def run_train(*overrides: str, run_dir: Path | None = None, cwd: Path = REPO, ti
     return run_script("train.py", *args, cwd=cwd, timeout=timeout, env=env)
 
 
+def fake_srun(tmp_path: Path) -> dict[str, str]:
+    """An environment with an `srun` on PATH, as on every SLURM login node (Lightning then warns at each Trainer
+    that it is not used): to check that such library chatter never reaches the console."""
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
 def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar series in the TensorBoard event files directly under log_dir: tag -> [(step, value)]."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

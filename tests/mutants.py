@@ -74,6 +74,10 @@ MUTANTS = {
         "    filters: [no_library_warnings]\n",
         "",
         ["tests/test_train_e2e.py::test_library_warnings_go_to_train_log_not_the_console"]),
+    "library-warnings-in-joblib-workers": ("train.py",
+        "    logging.captureWarnings(True)  # library warnings",
+        "    pass  # library warnings",
+        ["tests/test_research.py::test_joblib_sweep_runs_in_parallel_with_one_line_per_job_and_figures"]),
 }
 
 def run(name):

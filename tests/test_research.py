@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, compose, event_files, make_model, run_train, scalars
+from conftest import REPO, TINY, compose, event_files, fake_srun, make_model, run_train, scalars
 
 from echo_lstm.callbacks.steps_to_echo import StepsToEcho
 
@@ -193,9 +193,10 @@ def test_joblib_sweep_runs_in_parallel_with_one_line_per_job_and_figures(tmp_pat
     sweep = tmp_path / "sweep"
     proc = run_train("hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "threads=0", "layers=1,2", *TINY,
                      "trainer.enable_progress_bar=true", "figure.every_n_steps=40", f"hydra.sweep.dir={sweep}",
-                     multirun=True)
+                     multirun=True, env=fake_srun(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "loky" not in proc.stderr
+    assert "srun" not in proc.stderr  # library warnings go to each job's train.log, in the workers too
     assert proc.stdout.count("job 0 (layers=1): ") == 1 and proc.stdout.count("job 1 (layers=2): ") == 1
     assert "it/s]" not in proc.stdout + proc.stderr  # no progress bars from parallel jobs
     cores = len(os.sched_getaffinity(0))

@@ -1,11 +1,10 @@
 """End to end through `python train.py`, as a user runs it: what a run writes and what it says."""
 
-import os
 import re
 
 import pytest
 import torch
-from conftest import TINY, event_files, run_train, scalars
+from conftest import TINY, event_files, fake_srun, run_train, scalars
 
 from echo_lstm import EchoLSTM
 
@@ -124,10 +123,6 @@ def test_a_new_run_from_a_checkpoint_says_so_and_prints_no_library_warning(tmp_p
 def test_library_warnings_go_to_train_log_not_the_console(tmp_path, ok):
     # On every SLURM login node `srun` is on PATH, and Lightning warns at each Trainer that it is not used. The
     # console shows this app's lines only; the warning is kept in train.log. (A fake srun: no cluster needed.)
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "srun").chmod(0o755)
-    proc = ok(run_train(*TINY, run_dir=tmp_path / "run", env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}))
+    proc = ok(run_train(*TINY, run_dir=tmp_path / "run", env=fake_srun(tmp_path)))
     assert "srun" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
     assert "The `srun` command is available" in (tmp_path / "run" / "train.log").read_text()
