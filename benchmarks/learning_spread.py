@@ -83,9 +83,10 @@ def main() -> None:
         steps = [r["reached"] for r in rows if r["machine"] == machine]
         kernel = next(r["kernel"] for r in rows if r["machine"] == machine)
         learned = [s for s in steps if s is not None]
-        median = statistics.median(learned) if len(learned) == len(steps) else "-"
+        median = f"{statistics.median(learned):g}" if len(learned) == len(steps) else "-"
         worst = max(learned) if len(learned) == len(steps) else "-"
-        print(f"| {machine} ({kernel}) | " + " | ".join("-" if s is None else str(s) for s in steps) + f" | {median} | {worst} |")
+        cells = " | ".join("-" if s is None else str(s) for s in steps)
+        print(f"| {machine} ({kernel}) | {cells} | {median} | {worst} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 
