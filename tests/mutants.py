@@ -70,18 +70,46 @@ MUTANTS = {
         "            if self.created:\n",
         "            if True:\n",
         ["tests/test_safety.py::test_an_empty_dir_the_user_named_is_used_and_on_refusal_emptied_not_removed"]),
+    # issue 17: a stranger's run dir or checkpoint is data, never instructions (tests/test_adversarial.py)
+    "foreign-callback-paths-kept": ("src/echo_lstm/resume.py",
+        "        if not fine:\n",
+        "        if False:\n",
+        ["tests/test_adversarial.py::test_foreign_callback_paths_are_dropped_and_own_ones_kept"]),
+    "checkpoint-removal-unchecked": ("src/echo_lstm/callbacks/checkpoint.py",
+        "            os.unlink(path)\n",
+        "            os.unlink(path)\n        else:\n            super().remove_checkpoint(path)\n",
+        ["tests/test_adversarial.py::test_checkpoint_io_deletes_only_regular_checkpoint_files_of_its_run"]),
+    "checkpoint-paths-trusted": ([  # both guards off: Lightning's own restore and recursive delete
+        ("src/echo_lstm/resume.py", "        if not fine:\n", "        if False:\n"),
+        ("src/echo_lstm/callbacks/checkpoint.py", "            os.unlink(path)\n",
+         "            os.unlink(path)\n        else:\n            super().remove_checkpoint(path)\n")],
+        ["tests/test_adversarial.py::test_crafted_checkpoint_state_never_deletes_outside_the_run",
+         "tests/test_adversarial.py::test_a_checkpoint_from_elsewhere_starts_a_new_run_without_its_paths"]),
+    "run-dir-links-followed": ("src/echo_lstm/rundir.py",
+        "    for top, dirs, files in os.walk(path, followlinks=False):\n",
+        "    for top, dirs, files in []:\n",
+        ["tests/test_adversarial.py::test_a_run_dir_with_links_is_refused_untouched"]),
+    "write-through-links": ("src/echo_lstm/rundir.py",
+        "        os.replace(tmp, path)\n",
+        "        open(path, 'wb').write(data)\n",
+        ["tests/test_adversarial.py::test_write_file_replaces_links_and_never_writes_through_them"]),
 }
 
 def run(name):
-    path, old, new, tests = MUTANTS[name]
+    *edits, tests = MUTANTS[name]
+    if isinstance(edits[0], str):  # one edit: (file, old, new, tests); several: ([(file, old, new), ...], tests)
+        edits = [tuple(edits)]
+    else:
+        edits = edits[0]
     scratch = Path(tempfile.mkdtemp(prefix=f"mutant-{name}-"))
     shutil.rmtree(scratch)
     shutil.copytree(REPO, scratch, ignore=shutil.ignore_patterns(".venv*", "outputs", ".git", "*.egg-info",
                                                                   "__pycache__"))
-    target = scratch / path
-    text = target.read_text()
-    assert old in text, (name, old)
-    target.write_text(text.replace(old, new, 1))
+    for path, old, new in edits:
+        target = scratch / path
+        text = target.read_text()
+        assert old in text, (name, old)
+        target.write_text(text.replace(old, new, 1))
     env = {**os.environ, "PYTHONPATH": str(scratch / "src")}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", *tests],
                           cwd=scratch, env=env, capture_output=True, text=True, timeout=900)

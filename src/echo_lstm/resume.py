@@ -35,6 +35,8 @@ RESUMABLE = ("threads", "device", "device.", "trainer.max_epochs", "trainer.max_
              "checkpoint.", "figure.", "optimized_metric")
 # Command-line flags with which Hydra only shows something: no run, so no lock.
 SHOW_ONLY = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc")
+# Keys whose value is where files go: a stored one could point this app's writes (and deletions) anywhere.
+PATH_KEYS = ("run_dir", "dirpath", "save_dir", "filename", "tracking_uri", "dir", "log_dir", "default_root_dir")
 CODE_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
 
 
@@ -79,6 +81,7 @@ def resumed_argv(argv: list[str]) -> list[str]:
         run = Path(str(value)).expanduser()
     if not run.is_dir():
         raise ConfigError("resume", str(value), "no such run directory")
+    rundir.check_contents(run, "resume")  # before reading anything of it: no links, nothing but files and dirs
     hydra_dir = run / ".hydra"
     if not (hydra_dir / "overrides.yaml").is_file() or not (hydra_dir / "config.yaml").is_file():
         raise ConfigError("resume", str(value), "is not a run directory of this app (.hydra/overrides.yaml and "
@@ -92,7 +95,8 @@ def resumed_argv(argv: list[str]) -> list[str]:
         choices = OmegaConf.to_container(OmegaConf.load(hydra_yaml).hydra.runtime.choices) \
             if hydra_yaml.is_file() else {}
     except Exception as error:
-        raise ConfigError("resume", str(value), f"its .hydra files are not readable ({error})") from None
+        reason = " ".join(str(error).split())[:200]
+        raise ConfigError("resume", str(value), f"its .hydra files are not readable ({reason})") from None
     stored = [o for o in stored if o.split("=", 1)[0].lstrip("+~") not in ("resume", "ckpt_path")]
     check_stored_overrides(stored, str(run))
     new = [a for a in argv if not a.startswith("-") and a not in given]
@@ -129,6 +133,8 @@ def check_stored_overrides(stored: list[str], run: str) -> None:
             raise refuse(text, "adds a key that is not in this app's schema")
         if any(code in key for code in CODE_KEYS) or key.startswith("hydra"):
             raise refuse(text, "names code or Hydra settings")
+        if key.rsplit(".", 1)[-1] in PATH_KEYS:
+            raise refuse(text, "names a path (where this app writes)")
         if key in groups:
             if override.value() not in groups[key] and override.type != OverrideType.DEL:
                 raise refuse(text, f"is not an option of the {key} group ({', '.join(groups[key])})")
@@ -186,6 +192,32 @@ def check_resumable(new: list[str], stored_cfg: Any, choices: dict[str, Any]) ->
 # ---------------------------------------------------------------------------------------------- checkpoints
 REQUIRED = ("state_dict", "optimizer_states", "loops", "callbacks", "global_step", "epoch", "echo_train_state",
             "echo_rng_states")
+
+
+PATH_STATE = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+
+def drop_foreign_paths(ckpt: dict[str, Any], checkpoints: Path) -> None:
+    """Empty the file paths in a checkpoint's callback states (ModelCheckpoint's best-k bookkeeping, which
+    Lightning restores and later deletes) unless every one names a regular `.ckpt` file inside `checkpoints`
+    (rundir.own_file): a crafted or moved checkpoint then starts its best-k afresh instead of naming files."""
+    from echo_lstm.rundir import own_file
+
+    def own(path: Any) -> bool:
+        return isinstance(path, str) and path.endswith(".ckpt") and own_file(path, checkpoints)
+
+    states = ckpt.get("callbacks") if isinstance(ckpt, dict) else None
+    for state in (states.values() if isinstance(states, dict) else ()):
+        if not isinstance(state, dict) or not any(k in state for k in ("best_k_models", *PATH_STATE)):
+            continue
+        models = state.get("best_k_models", {})
+        paths = [state.get(k, "") for k in PATH_STATE]
+        fine = isinstance(models, dict) and all(own(p) for p in models) and all(p == "" or own(p) for p in paths) \
+            and state.get("kth_best_model_path", "") in ("", *models)
+        if not fine:
+            state["best_k_models"] = {}
+            state.update({k: "" for k in PATH_STATE})
+            state["best_model_score"] = None
 
 
 def read_checkpoint(path: Path, key: str) -> dict[str, Any]:

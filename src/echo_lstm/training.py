@@ -93,7 +93,9 @@ class RunResult:
 
         data = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
         data["metrics"] = {k: (v if math.isfinite(v) else str(v)) for k, v in self.metrics.items()}
-        (self.run_dir / "result.json").write_text(json.dumps(data, indent=1) + "\n")
+        from echo_lstm.rundir import write_file
+
+        write_file(self.run_dir / "result.json", json.dumps(data, indent=1) + "\n")  # atomic, never through a link
 
 
 @dataclass
@@ -217,11 +219,13 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
     try:
         trainer = pl.Trainer(**device, **args, logger=loggers or False, callbacks=callbacks,
                              default_root_dir=str(run_dir), use_distributed_sampler=False,
-                             plugins=[AtomicCheckpointIO()])  # atomic checkpoint writes
+                             plugins=[AtomicCheckpointIO(run_dir / "checkpoints")])  # see callbacks/checkpoint.py
     except (MisconfigurationException, ValueError, TypeError) as error:
         raise trainer_refusal(error, cfg) from None
     if os.environ.get("SLURM_JOB_ID") and trainer.is_global_zero:
-        (run_dir / SLURM_JOB).write_text(os.environ["SLURM_JOB_ID"] + "\n")
+        from echo_lstm.rundir import write_file
+
+        write_file(run_dir / SLURM_JOB, os.environ["SLURM_JOB_ID"] + "\n")
     if trainer.is_global_zero:
         if not start.in_place:  # a resumed run has them already
             log_hparams(trainer.loggers, cfg, registry.HPARAMS)

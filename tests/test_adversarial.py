@@ -1,0 +1,215 @@
+"""A stranger's run dir or checkpoint is data, never instructions (issue 17). Each test builds an attack, or a
+clumsy user's mistake, and checks the user's files byte for byte afterwards:
+- crafted callback state in a checkpoint (paths that Lightning would delete);
+- symlinks and hard links in a run dir (files written wherever they point);
+- exceptions that Hydra would swallow inside the preflight callback (the claim skipped);
+- finished runs and sweep job dirs (rewritten, shared, escaped).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY, assert_refused, compose, run_train, tree
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A finished tiny run with a best-k checkpoint (its dir), trained in-process, with the .hydra files a resume
+    reads."""
+    from omegaconf import OmegaConf
+
+    from echo_lstm.training import train
+
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    overrides = [*TINY, "layers=1", "figure.every_n_steps=0", "callbacks.early_stopping=null"]
+    cfg = compose(*overrides, run_dir=run_dir)
+    (run_dir / ".hydra").mkdir(parents=True)
+    train(cfg)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    (run_dir / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (run_dir / "train.log").write_text("the first session\n")
+    return run_dir
+
+
+@pytest.fixture
+def user(tmp_path) -> Path:
+    """The user's own files, which no run may touch: a dir tree and a shell start-up file."""
+    home = tmp_path / "home"
+    (home / "thesis").mkdir(parents=True)
+    (home / "thesis" / "chapter1.tex").write_text("years of work\n")
+    (home / ".bashrc").write_text("export PATH=$HOME/bin:$PATH\n")
+    (home / "notes.ckpt").write_bytes(b"not a checkpoint, but named like one")
+    return home
+
+
+def received(tmp_path: Path, trained: Path, name: str = "received") -> Path:
+    """A copy of a run dir as it arrives from someone else (without its `result.json`: a run to continue)."""
+    run_dir = tmp_path / name
+    shutil.copytree(trained, run_dir)
+    (run_dir / "result.json").unlink()
+    return run_dir
+
+
+# ---------------------------------------------------------------------------------------------- 1. callback state
+def best_k_state(ckpt: dict) -> dict:
+    states = [s for k, s in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert len(states) == 1 and "best_k_models" in states[0], list(ckpt["callbacks"])
+    return states[0]
+
+
+def craft(path: Path, victim: str, dirpath: str | None) -> None:
+    """Point ModelCheckpoint's restored state at `victim`, with the worst score: the next best deletes it."""
+    ckpt = torch.load(path, weights_only=True)
+    state = best_k_state(ckpt)
+    state.update(best_k_models={victim: torch.tensor(-1.0)}, kth_best_model_path=victim, best_model_path=victim,
+                 kth_value=torch.tensor(-1.0), best_model_score=torch.tensor(-1.0))
+    if dirpath is not None:
+        state["dirpath"] = dirpath  # equal to the resumed run's own: Lightning restores the whole state
+    torch.save(ckpt, path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", ["dir", "file", "dotdot", "symlink"])
+def test_crafted_checkpoint_state_never_deletes_outside_the_run(tmp_path, trained, user, victim):
+    run_dir = received(tmp_path, trained)
+    checkpoints = os.path.realpath(run_dir / "checkpoints")
+    if victim == "symlink":  # a link inside the run's checkpoints dir to the user's file
+        (run_dir / "checkpoints" / "best-step0.ckpt").symlink_to(user / "notes.ckpt")
+    target = {"dir": str(user / "thesis"), "file": str(user / "notes.ckpt"),
+              "dotdot": f"{checkpoints}/../../home/thesis",  # passes Lightning's text-prefix check
+              "symlink": f"{checkpoints}/best-step0.ckpt"}[victim]
+    craft(run_dir / "checkpoints" / "last.ckpt", target, dirpath=checkpoints)
+    before = tree(user)
+    proc = run_train(f"resume={run_dir}", "trainer.max_epochs=4")
+    assert tree(user) == before  # byte for byte
+    if victim == "symlink":  # a run dir with links is refused as a whole (class 2)
+        assert_refused(proc, "resume=", "a symlink")
+        return
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert len(list((run_dir / "checkpoints").glob("best-step*.ckpt"))) >= 1
+
+
+@pytest.mark.slow
+def test_a_checkpoint_from_elsewhere_starts_a_new_run_without_its_paths(tmp_path, trained, user):
+    source = received(tmp_path, trained, "colleague")
+    craft(source / "checkpoints" / "last.ckpt", str(user / "notes.ckpt"), dirpath=None)
+    before = tree(user)
+    new = tmp_path / "new"
+    proc = run_train(*TINY, "layers=1", "trainer.max_epochs=4", f"ckpt_path={source}/checkpoints/last.ckpt",
+                     run_dir=new)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert tree(user) == before and str(user) not in proc.stdout  # not even named as the best checkpoint
+
+
+@pytest.mark.slow
+def test_an_own_resume_keeps_its_best_k_bookkeeping(tmp_path, trained):
+    """The guard drops only foreign paths: a run's own best checkpoint is still replaced by a better one."""
+    run_dir = received(tmp_path, trained)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(last, weights_only=True)
+    state = best_k_state(ckpt)  # as if the run had been trained here (Lightning forgets best-k of a moved dir)
+    moved = {k: (v.replace(os.path.realpath(trained), os.path.realpath(run_dir)) if isinstance(v, str) else v)
+             for k, v in state.items()}
+    moved["best_k_models"] = {k.replace(os.path.realpath(trained), os.path.realpath(run_dir)): v
+                              for k, v in state["best_k_models"].items()}
+    state.update(moved)
+    torch.save(ckpt, last)
+    old_best = [p.name for p in (run_dir / "checkpoints").glob("best-step*.ckpt")]
+    assert len(old_best) == 1 and Path(state["best_model_path"]).name == old_best[0]
+    proc = run_train(f"resume={run_dir}", "trainer.max_epochs=4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    new_best = [p.name for p in (run_dir / "checkpoints").glob("best-step*.ckpt")]
+    assert len(new_best) == 1 and new_best != old_best  # save_top_k 1: the old best was replaced
+
+
+def test_foreign_callback_paths_are_dropped_and_own_ones_kept(tmp_path, user):
+    from echo_lstm.resume import drop_foreign_paths
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "best-step8.ckpt").write_bytes(b"x")
+    own = str(checkpoints / "best-step8.ckpt")
+
+    def state(path: str) -> dict:
+        return {"callbacks": {"ModelCheckpoint{}": {"best_k_models": {path: 0.5}, "kth_best_model_path": path,
+                                                    "best_model_path": path, "last_model_path": "",
+                                                    "best_model_score": 0.5, "dirpath": str(checkpoints)}}}
+
+    kept = state(own)
+    drop_foreign_paths(kept, checkpoints)
+    assert kept == state(own)
+    for foreign in [str(user / "thesis"), str(user / "notes.ckpt"), f"{checkpoints}/../../../home/notes.ckpt",
+                    f"{checkpoints}/missing.ckpt", "relative/../x.ckpt", ""]:
+        crafted = state(foreign)
+        drop_foreign_paths(crafted, checkpoints)
+        dropped = crafted["callbacks"]["ModelCheckpoint{}"]
+        assert dropped["best_k_models"] == {} and dropped["best_model_path"] == dropped["kth_best_model_path"] == ""
+
+
+def test_checkpoint_io_deletes_only_regular_checkpoint_files_of_its_run(tmp_path, user):
+    from echo_lstm.callbacks.checkpoint import AtomicCheckpointIO
+
+    checkpoints = tmp_path / "run" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "best-step8.ckpt").write_bytes(b"x")
+    (checkpoints / "link.ckpt").symlink_to(user / "notes.ckpt")
+    (checkpoints / "sub.ckpt").mkdir()
+    before = tree(user)
+    io = AtomicCheckpointIO(checkpoints)
+    for path in [user / "thesis", user / "notes.ckpt", checkpoints / "link.ckpt", checkpoints / "sub.ckpt",
+                 f"{checkpoints}/../../home/notes.ckpt", user / ".bashrc"]:
+        io.remove_checkpoint(str(path))
+    io.remove_checkpoint(str(checkpoints / "best-step8.ckpt"))
+    assert tree(user) == before and (checkpoints / "sub.ckpt").is_dir() and (checkpoints / "link.ckpt").is_symlink()
+    assert not (checkpoints / "best-step8.ckpt").exists()
+
+
+# ---------------------------------------------------------------------------------------------- 2. links in a run dir
+LINKS = {  # a name in the run dir -> where it points in the user's home
+    "train.log": ".bashrc", "result.json": ".bashrc", ".lock": ".bashrc", "hparams.yaml": ".bashrc",
+    "checkpoints/best-step0.ckpt": "notes.ckpt", ".hydra/hydra.yaml": ".bashrc", "figures": "thesis",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [*LINKS, "checkpoints", ".hydra", "hardlink", "fifo"])
+def test_a_run_dir_with_links_is_refused_untouched(tmp_path, trained, user, name):
+    run_dir = received(tmp_path, trained)
+    if name in LINKS:
+        (run_dir / name).unlink(missing_ok=True)
+        (run_dir / name).symlink_to(user / LINKS[name])
+    elif name == "hardlink":  # train.log is appended in place: a hard link would append to the user's file
+        (run_dir / "train.log").unlink()
+        os.link(user / ".bashrc", run_dir / "train.log")
+    elif name == "fifo":
+        os.mkfifo(run_dir / "train.log.fifo")
+    else:  # the whole subdir moved to the user's home, a link left in its place
+        shutil.move(run_dir / name, user / name)
+        (run_dir / name).symlink_to(user / name)
+    before, run_before = tree(user), tree(run_dir)
+    proc = run_train(f"resume={run_dir}", "trainer.max_epochs=4")
+    if name in (".hydra", "checkpoints"):
+        line = assert_refused(proc, "resume=")  # its files are missing, or it holds a link
+    else:
+        line = assert_refused(proc, "resume=", "copy the run without links")
+    assert "\n" not in line
+    assert tree(user) == before and tree(run_dir) == run_before
+
+
+def test_write_file_replaces_links_and_never_writes_through_them(tmp_path, user):
+    from echo_lstm.rundir import write_file
+
+    before = tree(user)
+    target = tmp_path / "result.json"
+    target.symlink_to(user / ".bashrc")
+    (tmp_path / f".result.json.tmp-{os.getpid()}").symlink_to(user / "notes.ckpt")  # a planted temp name
+    write_file(target, "{}\n")
+    assert tree(user) == before
+    assert not target.is_symlink() and target.read_text() == "{}\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
