@@ -102,6 +102,15 @@ class Stopped(EchoError):
         return (Stopped, (self.signum, self.message))
 
 
+class Escaped(BaseException):
+    """An exception raised in a Hydra callback, carried past Hydra, which turns any Exception there into a warning and
+    goes on (without the checks and the claim). A BaseException, as SystemExit: cli.run unwraps and reports it."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+        super().__init__(error)
+
+
 # After these, a run that has written no checkpoint leaves nothing (rundir.Claim.release); a diverged run keeps its
 # dir, whose curves show what happened.
 LEAVES_NOTHING = (ConfigError, WriteFailed, Stopped)
@@ -151,6 +160,14 @@ def hydra_quote(value: str) -> str:
     if escaped.endswith("\\"):  # a trailing backslash would escape the closing quote
         escaped += "\\"
     return f"'{escaped}'"
+
+
+def relpath(path: Any, start: Any = None) -> str:
+    """`os.path.relpath`, or the absolute path when the current dir was deleted under the run (relpath needs it)."""
+    try:
+        return os.path.relpath(path, start) if start is not None else os.path.relpath(path)
+    except OSError:
+        return os.path.abspath(path) if os.path.isabs(os.fspath(path)) else os.fspath(path)
 
 
 def command(*args: str) -> str:

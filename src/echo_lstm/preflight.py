@@ -5,12 +5,14 @@ loggers' packages, and claims the run dir (rundir.py: a new dir, atomically, and
 it). `on_multirun_start` claims the sweep dir the same way and records the swept keys (job dir names). Each
 refusal is one `error:` line and exit code 2. (In a multirun each job checks its own values in train.py, so one
 bad sweep point fails only its job.)
+
+Hydra turns an exception raised in a callback into a warning and goes on, writing into a dir nobody checked or
+claimed: so every exception here leaves as `errors.Escaped`, which Hydra does not catch, and cli.run reports it.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from echo_lstm import rundir
 from echo_lstm.config import validate
 from echo_lstm.distributed import is_launched_rank
-from echo_lstm.errors import ConfigError, hydra_quote, report
+from echo_lstm.errors import Escaped, hydra_quote
 from echo_lstm.loggers import check_available
 from echo_lstm.sweeps.naming import record_swept_keys, swept_keys
 
@@ -61,15 +63,18 @@ class Preflight(Callback):
                 requeued = requeued_slurm_job(path)
                 claim_run_dir(config, rundir.claim_existing(path, "hydra.run.dir", appends=("train.log",))
                               if requeued else None)
-        except ConfigError as error:
-            sys.exit(report(error))
+        except Exception as error:
+            raise Escaped(error) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            claim = rundir.claim_new(Path(config.hydra.sweep.dir), "hydra.sweep.dir",
-                                     unique=not user_set(config, "hydra.sweep.dir"))
-        except ConfigError as error:
-            sys.exit(report(error))
+            self.claim_sweep(config)
+        except Exception as error:
+            raise Escaped(error) from None
+
+    def claim_sweep(self, config: DictConfig) -> None:
+        claim = rundir.claim_new(Path(config.hydra.sweep.dir), "hydra.sweep.dir",
+                                 unique=not user_set(config, "hydra.sweep.dir"))
         # Every job's config is composed again from the Hydra overrides: the claimed dir must be one of them.
         with read_write(config.hydra), open_dict(config.hydra):
             config.hydra.sweep.dir = str(claim.path)

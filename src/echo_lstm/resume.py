@@ -248,7 +248,7 @@ def read_checkpoint(path: Path, key: str) -> dict[str, Any]:
 
 
 def check_checkpoint(ckpt: dict[str, Any], net: Any, net_config: dict[str, Any], streams: int, key: str,
-                     path: Path) -> None:
+                     path: Path, optimizer: Any = None) -> None:
     """Refuse a checkpoint that does not fit `net` (the config's network, built from `net_config`; the model holds it
     as `net`) or lacks what resuming needs. Needs torch only: a refusal comes before Lightning is imported."""
     import torch
@@ -274,9 +274,41 @@ def check_checkpoint(ckpt: dict[str, Any], net: Any, net_config: dict[str, Any],
         if not torch.is_tensor(got) or got.shape != tensor.shape:
             raise ConfigError(key, str(path), f"does not fit this network ({name} has shape "
                               f"{tuple(getattr(got, 'shape', ()))}, the config's network {tuple(tensor.shape)})")
+    if optimizer is not None:
+        check_optimizer_state(ckpt["optimizer_states"], optimizer, key, path)
     state = ckpt.get("echo_train_state")
     if state is not None:
         want = (net.layers, net.parts, streams, net.state_size) if hasattr(net, "parts") else None
         if not torch.is_tensor(state) or (want is not None and tuple(state.shape) != want):
             raise ConfigError(key, str(path), f"its carried state has shape {tuple(getattr(state, 'shape', ()))}, "
                               f"this run carries {want} ([layers, parts, streams, state_size])")
+
+
+def check_optimizer_state(states: Any, optimizer: Any, key: str, path: Path) -> None:
+    """Refuse optimizer state that does not fit the config's optimizer over `net`'s parameters (`optimizer`, built
+    for this check): loaded into it and stepped once with zero gradients, as training would, and shape-checked (a
+    misfit would otherwise fail inside Lightning with a traceback, after the run dir was written)."""
+    import torch
+
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(key, str(path), f"its optimizer state does not fit {type(optimizer).__name__} over this "
+                           f"network ({why}); use the run's own optimizer settings or start a new run")
+
+    if not isinstance(states, list) or len(states) != 1:
+        raise refuse(f"{len(states) if isinstance(states, list) else 'no'} optimizer states, this run has 1")
+    try:
+        optimizer.load_state_dict(states[0])
+    except Exception as error:
+        raise refuse(" ".join(str(error).split())[:160] or type(error).__name__) from None
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
+                    raise refuse(f"{name} has shape {tuple(value.shape)}, its parameter {tuple(param.shape)}")
+            param.grad = torch.zeros_like(param)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optimizer.step(lambda: torch.zeros(()))
+    except Exception as error:
+        raise refuse(f"a step fails: {type(error).__name__}: {' '.join(str(error).split())[:120]}") from None

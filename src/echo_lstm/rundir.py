@@ -168,7 +168,7 @@ def _os_error(key: str, path: Path, error: OSError) -> ConfigError:
 def claim_new(path: Path, key: str, unique: bool, hint: str = " (to continue the run in it: resume=<dir>)") -> Claim:
     """Make `path` for a new run and lock it. `unique`: the name is the app's default, so an existing one gets a
     suffix; else an existing dir must be empty. Raises ConfigError with the reason when that cannot be done."""
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # absolute: the run goes on if its cwd is deleted under it
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -195,6 +195,7 @@ def claim_new(path: Path, key: str, unique: bool, hint: str = " (to continue the
 
 def claim_existing(path: Path, key: str, appends: tuple[str, ...] = ()) -> Claim:
     """Lock an existing run dir (a resume), recording what is in it and the sizes of `appends` (logs)."""
+    path = Path(os.path.abspath(path))
     check_contents(path, key)
     claim = Claim(path, created=False, existed={p.name for p in path.iterdir()})
     claim.log_sizes = {name: (path / name).stat().st_size for name in appends if (path / name).is_file()}

@@ -27,6 +27,7 @@ from echo_lstm.errors import (
     command,
     disk_error,
     hydra_quote,
+    relpath,
     signal_name,
 )
 
@@ -136,7 +137,12 @@ def starting_point(cfg: DictConfig, run_dir: Path) -> Start:
 
     ckpt = read_checkpoint(path, key)
     net_config = OmegaConf.to_container(cfg.model.net, resolve=True)
-    check_checkpoint(ckpt, instantiate(net_config), net_config, cfg.data.batch_size, key, path)
+    net = instantiate(net_config)
+    try:  # a throwaway optimizer over a throwaway network, to check the checkpoint's state (a bad one: built() says)
+        optimizer = instantiate(OmegaConf.to_container(cfg.optimizer, resolve=True))(net.parameters())
+    except Exception:
+        optimizer = None
+    check_checkpoint(ckpt, net, net_config, cfg.data.batch_size, key, path, optimizer)
     return Start(path, int(ckpt.get("global_step", 0)), int(ckpt.get("epoch", 0)), in_place)
 
 
@@ -230,9 +236,9 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
         if not start.in_place:  # a resumed run has them already
             log_hparams(trainer.loggers, cfg, registry.HPARAMS)
         if start.in_place:
-            say(f"echo-lstm: continuing {os.path.relpath(run_dir)} from step {start.step} (epoch {start.epoch})")
+            say(f"echo-lstm: continuing {relpath(run_dir)} from step {start.step} (epoch {start.epoch})")
         elif start.path is not None:
-            say(f"echo-lstm: a new run from {os.path.relpath(start.path)} (step {start.step})")
+            say(f"echo-lstm: a new run from {relpath(start.path)} (step {start.step})")
     with distributed.job_scope() as ranks:
         ranks.start(trainer, run_dir, cfg.device.strategy)
         try:
@@ -270,7 +276,7 @@ def batches_per_epoch(args: dict[str, Any], datamodule: Any) -> int:
 
 def resume_command(run_dir: Path) -> str:
     """The command that continues this run, ready to paste into a shell (any path: shell- and Hydra-quoted)."""
-    return command("python", "train.py", "resume=" + hydra_quote(os.path.relpath(run_dir)))
+    return command("python", "train.py", "resume=" + hydra_quote(relpath(run_dir)))
 
 
 def checkpoint_note(run_dir: Path) -> str:
@@ -286,7 +292,7 @@ def checkpoint_note(run_dir: Path) -> str:
         step = torch.load(last, map_location="cpu", weights_only=True).get("global_step", "?")
     except Exception:
         step = "?"
-    return f"the last good checkpoint ({os.path.relpath(last)}, step {step}) is kept"
+    return f"the last good checkpoint ({relpath(last)}, step {step}) is kept"
 
 
 def drop_disabled(callbacks: list[Any], args: dict[str, Any]) -> list[Any]:
@@ -376,12 +382,12 @@ def summary_lines(result: RunResult, cfg: DictConfig) -> list[str]:
                f"{cfg.target_acc})")
     shown = ", ".join(f"{k} {result.metrics[k]:.4f}" for k in ("val/loss", "val/acc", "val/boundary_acc",
                                                                  "train/boundary_acc") if k in result.metrics)
-    rel = os.path.relpath(result.run_dir)
+    rel = relpath(result.run_dir)
     lines = ["", f"echo-lstm: {learned}; stopped at step {result.step} in epoch {result.epoch} "
                  f"({result.stop_reason}), after {result.seconds:.1f} s",
              f"  final: {shown}", *[f"  note: {n}" for n in result.notes], f"  run dir: {rel}"]
     if result.best:
-        lines.append(f"  best checkpoint: {os.path.relpath(result.best)}")
+        lines.append(f"  best checkpoint: {relpath(result.best)}")
     lines.append(f"  view: {command('tensorboard', '--logdir', rel)}")
     return lines
 

@@ -35,6 +35,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from echo_lstm import metrics as registry
+from echo_lstm.errors import relpath
 from echo_lstm.sweeps.naming import job_values, split_override
 
 RECORDS = ".jobs"
@@ -190,7 +191,7 @@ class Summary:
                  f"then by fewer {registry.STEPS_TO_ECHO}.")
         if self.common:
             title += " Common overrides: " + " ".join(f"{k}={v}" for k, v in self.common.items()) + "."
-        title += f" TensorBoard: `tensorboard --logdir {os.path.relpath(sweep_dir)}`."
+        title += f" TensorBoard: `tensorboard --logdir {relpath(sweep_dir)}`."
         image = "\n\n![the optimized metric and steps to echo against the swept values](summary.png)" if picture else ""
         return f"{title}\n\n{table}{image}\n"
 
@@ -243,7 +244,7 @@ class SweepSummary(Callback):
         run_dir = Path(str(config.hydra.runtime.output_dir))
         metric = str(config.get("optimized_metric", ""))
         record = JobRecord(job=num, status="completed", overrides=list(job_return.overrides or []),
-                           run=os.path.relpath(run_dir, Path(str(config.hydra.sweep.dir))) if run_dir.is_dir() else "",
+                           run=relpath(run_dir, Path(str(config.hydra.sweep.dir))) if run_dir.is_dir() else "",
                            optimized_metric=metric, direction=direction_of(config, metric),
                            seconds=round(time.time() - self._started.pop(num, time.time()), 2))
         if job_return.status == JobStatus.COMPLETED:
@@ -310,7 +311,7 @@ class SweepSummary(Callback):
         with file_lock(self._sweep_dir / RECORDS / "lock"):
             text = self.write_summary(self._sweep_dir, picture=True)
         if self.print_table and text:
-            where = os.path.relpath(self._sweep_dir)
+            where = relpath(self._sweep_dir)
             print(f"\nSweep summary ({where}/summary.md, .csv, .png): {text}", flush=True)
         return [r for r in ranked(self._records()) if r.status != "completed"]
 
