@@ -93,6 +93,19 @@ MUTANTS = {
         "        os.replace(tmp, path)\n",
         "        open(path, 'wb').write(data)\n",
         ["tests/test_adversarial.py::test_write_file_replaces_links_and_never_writes_through_them"]),
+    "preflight-errors-swallowed": ("src/echo_lstm/preflight.py",  # as before: only the app's own errors escape
+        "            raise Escaped(error) from None\n",
+        "            raise (Escaped(error) if type(error).__name__ == 'ConfigError' else error) from None\n",
+        ["tests/test_adversarial.py::test_an_error_hydra_would_swallow_leaves_an_existing_run_untouched",
+         "tests/test_adversarial.py::test_the_preflight_carries_any_exception_past_hydra"]),
+    "plain-value-nodes-unchecked": ("src/echo_lstm/config.py",
+        "    check_nodes(cfg)\n",
+        "",
+        ["tests/test_adversarial.py::test_failures_before_the_run_are_one_line_and_leave_nothing"]),
+    "optimizer-state-unchecked": ("src/echo_lstm/resume.py",
+        "        check_optimizer_state(ckpt[\"optimizer_states\"], optimizer, key, path)\n",
+        "        pass\n",
+        ["tests/test_adversarial.py::test_failures_before_the_run_are_one_line_and_leave_nothing"]),
 }
 
 def run(name):

@@ -213,3 +213,75 @@ def test_write_file_replaces_links_and_never_writes_through_them(tmp_path, user)
     assert tree(user) == before
     assert not target.is_symlink() and target.read_text() == "{}\n"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# ---------------------------------------------------------------------------------------------- 3. swallowed errors
+@pytest.mark.slow
+def test_an_error_hydra_would_swallow_leaves_an_existing_run_untouched(tmp_path, trained):
+    """Any exception in the preflight used to become a warning: the claim skipped, the run's .hydra overwritten."""
+    run_dir = received(tmp_path, trained)
+    before = tree(run_dir)
+    cases = [["layers=${oc.env:ECHO_LSTM_UNSET}"], ["trainer.max_epochs=${oc.env:ECHO_LSTM_UNSET}"],
+             ["model.net=5"], ["optimizer=5"]]
+    for case in cases:
+        proc = run_train(*case, run_dir=run_dir)
+        assert_refused(proc, case[0].split("=")[0] + "=")
+        assert tree(run_dir) == before, case
+
+
+@pytest.mark.slow
+def test_failures_before_the_run_are_one_line_and_leave_nothing(tmp_path, trained):
+    conf = tmp_path / "myconf" / "optimizer"
+    conf.mkdir(parents=True)
+    (conf / "asgd.yaml").write_text("_target_: torch.optim.ASGD\n  lr: [0.05\n")  # not YAML
+    ckpt = trained / "checkpoints" / "last.ckpt"
+    bad = torch.load(ckpt, weights_only=True)
+    state = next(iter(bad["optimizer_states"][0]["state"].values()))
+    state["sum"] = torch.zeros(3, 3)
+    torch.save(bad, tmp_path / "bad_optimizer.ckpt")
+    cases = [  # (overrides, what the line names)
+        (["model.net=5"], "model.net=5 is invalid"),
+        (["callbacks.early_stopping=5"], "callbacks.early_stopping=5 is invalid"),
+        (["logger=5"], "logger=5 is invalid: must be one of"),
+        ([f"hydra.searchpath=[file://{tmp_path}/myconf]", "optimizer=asgd"], "asgd.yaml, line 2 is invalid"),
+        (["layers=1", f"ckpt_path={ckpt}", "optimizer=adam"], "its optimizer state does not fit Adam"),
+        (["layers=1", f"ckpt_path={tmp_path}/bad_optimizer.ckpt"], "sum has shape (3, 3)"),
+    ]
+    for i, (overrides, names) in enumerate(cases):
+        proc = run_train(*TINY, *overrides, run_dir=tmp_path / f"run{i}")
+        assert_refused(proc, names)
+        assert not (tmp_path / f"run{i}").exists(), names
+
+
+@pytest.mark.slow
+def test_a_deleted_cwd_and_undecodable_arguments_are_one_line(tmp_path):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    script = (f"import os, subprocess, sys; os.chdir({str(gone)!r}); os.rmdir({str(gone)!r}); "
+              f"sys.exit(subprocess.run([sys.executable, {str(REPO / 'train.py')!r}]).returncode)")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert_refused(proc, "cwd=", "no longer exists")
+    env = {"PYTHONUTF8": "0", "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0"}
+    proc = run_train(run_dir=tmp_path / "caf\u00e9", env=env)
+    assert_refused(proc, "hydra.run.dir=", "not text in this locale")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_preflight_carries_any_exception_past_hydra(tmp_path):
+    """Hydra swallows an Exception raised in a callback (a warning); the preflight raises errors.Escaped instead."""
+    from omegaconf import OmegaConf
+
+    from echo_lstm.errors import Escaped
+    from echo_lstm.preflight import Preflight
+
+    config = compose(*TINY, run_dir=tmp_path / "run", return_hydra_config=True)
+    OmegaConf.set_struct(config, False)
+    config.layers = "${oc.env:ECHO_LSTM_SURELY_UNSET}"
+    with pytest.raises(Escaped) as raised:
+        Preflight().on_run_start(config)
+    assert not isinstance(raised.value, Exception) and not (tmp_path / "run").exists()
