@@ -14,7 +14,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, assert_refused, compose, run_train, tree
+from conftest import TINY, compose, run_train, tree
+from conftest import assert_refused as _assert_refused
+
+
+def assert_refused(proc, *names: str, code: int = 2) -> str:
+    """conftest.assert_refused, minus Lightning's warning that `srun` is on PATH (this machine has one; the
+    promise is one `error:` line and no traceback, not a stderr free of library warnings)."""
+    import subprocess
+
+    stderr = "\n".join(line for line in proc.stderr.splitlines()
+                       if "The `srun` command is available on your system but is not used" not in line)
+    return _assert_refused(subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout, stderr),
+                           *names, code=code)
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +297,28 @@ def test_the_preflight_carries_any_exception_past_hydra(tmp_path):
     with pytest.raises(Escaped) as raised:
         Preflight().on_run_start(config)
     assert not isinstance(raised.value, Exception) and not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------------------------------- 4. finished runs
+@pytest.mark.slow
+def test_a_finished_run_is_read_only_to_resume(tmp_path, trained):
+    run_dir = tmp_path / "finished"
+    shutil.copytree(trained, run_dir)
+    before = tree(run_dir)
+    assert_refused(run_train(f"resume={run_dir}"), "resume=", "is a finished run")
+    assert tree(run_dir) == before
+    # Limits that are not higher: nothing to train, so nothing changes either (the results stand).
+    assert_refused(run_train(f"resume={run_dir}", "trainer.max_epochs=2"), "has nothing left to train")
+    assert tree(run_dir) == before
+
+
+@pytest.mark.slow
+def test_a_run_killed_before_its_result_recovers_it_on_resume(tmp_path, trained):
+    import json
+
+    run_dir = received(tmp_path, trained)  # its last checkpoint is the final one; result.json was never written
+    proc = run_train(f"resume={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["step"] == 120 and 0.0 < result["metrics"]["val/acc"] <= 1.0
+    assert result["stop_reason"] == "trainer.max_epochs=2" and "Traceback" not in proc.stderr
