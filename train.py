@@ -65,12 +65,22 @@ def main(cfg: DictConfig) -> float:
             print(f"{cli.job_label()} failed: {error}", file=sys.stderr, flush=True)
             return JobResult.failed(str(error), error.exit_code)
         sys.exit(report(error, quiet=not speaker))
+    finally:
+        if multirun:  # the job's dir was claimed as Hydra named it (rundir.claimed_job_dir): unlock it
+            from hydra.core.hydra_config import HydraConfig
+
+            job = rundir.jobs.pop(str(HydraConfig.get().runtime.output_dir), None)
+            if job is not None:
+                job.release()
 
 
 def release_claim() -> None:
     """A refusal or a Ctrl-C before training: remove what this process added to its run dir."""
     if rundir.current is not None and not is_launched_rank():
         rundir.current.release(remove=True)
+    sweep = rundir.sweep
+    if sweep is not None and not any(sweep.path.glob("*/checkpoints/last.ckpt")):  # a sweep refused before any
+        sweep.release(remove=True)  # job trained (a job's dir refused as Hydra named it): nothing to keep
 
 
 if __name__ == "__main__":

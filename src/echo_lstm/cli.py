@@ -231,6 +231,10 @@ def fail(error: BaseException, argv: list[str], schema: Any, on_failure: Callabl
     traceback, unless it came before the run started (then nothing ran: still one line, exit code 2)."""
     from echo_lstm import rundir
 
+    cause = error
+    while cause is not None and not isinstance(cause, EchoError):  # the app's own error inside OmegaConf's
+        cause = cause.__cause__ or cause.__context__
+    error = cause or error
     if isinstance(error, EchoError):
         if on_failure and isinstance(error, LEAVES_NOTHING):
             on_failure()  # (a run that has written a checkpoint keeps its dir: rundir.Claim.release)

@@ -176,6 +176,10 @@ def register_configs() -> None:
         from echo_lstm.sweeps.naming import sweep_job_name
 
         OmegaConf.register_new_resolver("sweep_job_name", sweep_job_name)
+    if not OmegaConf.has_resolver("claimed_job_dir"):
+        from echo_lstm.rundir import claimed_job_dir
+
+        OmegaConf.register_new_resolver("claimed_job_dir", claimed_job_dir)
 
 
 def config_groups() -> dict[str, list[str]]:

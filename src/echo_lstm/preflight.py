@@ -51,11 +51,20 @@ def claim_run_dir(config: DictConfig, claim: rundir.Claim | None = None,
         config.hydra.run.dir = str(claim.path)
 
 
+def check_output_subdir(config: DictConfig) -> None:
+    """Hydra's files (`hydra.output_subdir`, .hydra) go inside the run dir: `..` or an absolute path would overwrite
+    a config.yaml of the user's beside it."""
+    value = OmegaConf.select(config, "hydra.output_subdir")
+    if value is not None:
+        rundir.safe_subdir(value, "hydra.output_subdir")
+
+
 class Preflight(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if is_launched_rank():
             return  # a DDP rank started by rank 0, which has checked and claimed everything
         try:
+            check_output_subdir(config)
             validate(config)
             check_available(config)
             if rundir.current is None:  # (a resume claimed its dir before Hydra composed)
@@ -73,12 +82,17 @@ class Preflight(Callback):
             raise Escaped(error) from None
 
     def claim_sweep(self, config: DictConfig) -> None:
+        check_output_subdir(config)
         claim = rundir.claim_new(Path(config.hydra.sweep.dir), "hydra.sweep.dir",
                                  unique=not user_set(config, "hydra.sweep.dir"))
-        # Every job's config is composed again from the Hydra overrides: the claimed dir must be one of them.
+        # Every job's config is composed again from the Hydra overrides: the claimed dir must be one of them, and
+        # each job's dir is claimed as Hydra resolves its name (rundir.claimed_job_dir).
+        subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False)["subdir"]
         with read_write(config.hydra), open_dict(config.hydra):
             config.hydra.sweep.dir = str(claim.path)
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir={hydra_quote(str(claim.path))}")
+            config.hydra.overrides.hydra.append(
+                f"hydra.sweep.subdir={hydra_quote('${claimed_job_dir:' + str(subdir) + '}')}")
         rundir.sweep = claim  # held (locked) while the sweep runs; a failing job removes only its own dir
         sweeper_params = OmegaConf.select(config, "hydra.sweeper.params")
         record_swept_keys(swept_keys(list(config.hydra.overrides.task), sweeper_params))

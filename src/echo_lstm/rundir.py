@@ -227,6 +227,32 @@ def lock(claim: Claim, key: str) -> Claim:
     return claim
 
 
+def safe_subdir(value: object, key: str) -> str:
+    """A dir name inside the run (or sweep) dir: relative, without `..`, not the dir itself."""
+    text = str(value)
+    parts = Path(text).parts
+    if not text or Path(text).is_absolute() or ".." in parts or all(p == "." for p in parts):
+        raise ConfigError(key, text, "must be a relative path inside its dir, without '..' (nothing of a run is "
+                          "written outside its dir)")
+    return text
+
+
+def claimed_job_dir(subdir: object, *, _root_: object) -> str:
+    """Resolver wrapped around `hydra.sweep.subdir` (preflight): Hydra resolves it for each job right before it
+    makes the job's dir and writes into it, so the job dir is claimed and locked here exactly like a run dir: a
+    new or empty dir (two jobs with one subdir: the second is refused), inside the sweep dir, held while the job
+    runs (train.py releases it)."""
+    from omegaconf import OmegaConf
+
+    name = safe_subdir(subdir, "hydra.sweep.subdir")
+    path = Path(os.path.abspath(os.path.join(str(OmegaConf.select(_root_, "hydra.sweep.dir")), name)))
+    if str(path) not in jobs:  # (resolved more than once per job: claimed once)
+        jobs[str(path)] = claim_new(path, "hydra.sweep.subdir", unique=False, hint=": each job needs its own dir "
+                                    "(hydra.sweep.subdir must differ per job, e.g. hold ${hydra.job.num})")
+    return name
+
+
 # The claims of this process, made before Hydra writes into the dirs (preflight, resume); read on a refusal.
 current: Claim | None = None  # the run's dir
 sweep: Claim | None = None  # a multirun's sweep dir
+jobs: dict[str, Claim] = {}  # a multirun's job dirs claimed in this process (by path), until each job ends
