@@ -106,6 +106,19 @@ MUTANTS = {
         "        check_optimizer_state(ckpt[\"optimizer_states\"], optimizer, key, path)\n",
         "        pass\n",
         ["tests/test_adversarial.py::test_failures_before_the_run_are_one_line_and_leave_nothing"]),
+    "finished-run-resumable": ("src/echo_lstm/resume.py",
+        "    if (run / RESULT).is_file() and not any(",
+        "    if False and not any(",
+        ["tests/test_adversarial.py::test_a_finished_run_is_read_only_to_resume"]),
+    "job-dirs-unclaimed": ("src/echo_lstm/preflight.py",
+        "hydra_quote('${claimed_job_dir:' + str(subdir) + '}')",
+        "hydra_quote(str(subdir))",
+        ["tests/test_adversarial.py::test_jobs_that_would_share_a_dir_or_leave_the_sweep_are_refused",
+         "tests/test_adversarial.py::test_a_running_sweep_job_cannot_be_resumed_beside_itself"]),
+    "output-subdir-unchecked": ("src/echo_lstm/preflight.py",
+        "        rundir.safe_subdir(value, \"hydra.output_subdir\")\n",
+        "        pass\n",
+        ["tests/test_adversarial.py::test_hydra_files_never_go_outside_the_run_dir"]),
 }
 
 def run(name):

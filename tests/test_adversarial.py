@@ -322,3 +322,60 @@ def test_a_run_killed_before_its_result_recovers_it_on_resume(tmp_path, trained)
     result = json.loads((run_dir / "result.json").read_text())
     assert result["step"] == 120 and 0.0 < result["metrics"]["val/acc"] <= 1.0
     assert result["stop_reason"] == "trainer.max_epochs=2" and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- 4. sweep job dirs
+@pytest.mark.slow
+def test_jobs_that_would_share_a_dir_or_leave_the_sweep_are_refused(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_train("layers=1,2", *TINY, "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}",
+                     "hydra.sweep.subdir=same", multirun=True)
+    line = [x for x in proc.stderr.splitlines() if x.startswith("error: ")]
+    assert proc.returncode == 2 and len(line) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert line[0].startswith("error: hydra.sweep.subdir=") and "each job needs its own dir" in line[0]
+    job0 = sweep / "same"  # job 0's files, not overwritten by job 1's
+    assert (job0 / ".hydra" / "overrides.yaml").read_text().splitlines()[0] == "- layers=1"
+    assert len(list(job0.glob("events.out.tfevents.*"))) == 1 and (job0 / "result.json").is_file()
+    for subdir in ["../outside", "/tmp/echo-lstm-abs", "."]:
+        proc = run_train("layers=1,2", *TINY, f"hydra.sweep.dir={tmp_path}/s2", f"hydra.sweep.subdir={subdir}",
+                         multirun=True)
+        assert_refused(proc, "hydra.sweep.subdir=", "must be a relative path inside its dir")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"], subdir
+    assert not Path("/tmp/echo-lstm-abs").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("multirun", [False, True])
+def test_hydra_files_never_go_outside_the_run_dir(tmp_path, multirun):
+    (tmp_path / "config.yaml").write_text("the user's own config\n")
+    before = tree(tmp_path)
+    where = f"hydra.sweep.dir={tmp_path}/sweep" if multirun else f"hydra.run.dir={tmp_path}/run"
+    for value in ["..", "../..", "/tmp", "a/../.."]:
+        proc = run_train(*TINY, where, f"hydra.output_subdir={value}", multirun=multirun)
+        assert_refused(proc, f"hydra.output_subdir={value!r}" if value != "/tmp" else "hydra.output_subdir=")
+        assert tree(tmp_path) == before and sorted(tmp_path.iterdir()) == [tmp_path / "config.yaml"]
+
+
+@pytest.mark.slow
+def test_a_running_sweep_job_cannot_be_resumed_beside_itself(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    sweep = tmp_path / "sweep"
+    live = subprocess.Popen([sys.executable, str(REPO / "train.py"), "-m", "data.total_series_length=20000",
+                             "trainer.max_epochs=50", "callbacks.early_stopping=null", "checkpoint.every_n_steps=40",
+                             "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not list(sweep.glob("*/checkpoints/last.ckpt")):
+            assert live.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        job = next(sweep.glob("*/checkpoints/last.ckpt")).parent.parent
+        assert_refused(run_train(f"resume={job}"), "resume=", "is in use by a live run", f"pid {live.pid}")
+    finally:
+        live.kill()
+        live.wait()
