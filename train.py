@@ -17,6 +17,7 @@ def stopped_at_start(signum: int, frame: object) -> None:  # until cli.run takes
 
 signal.signal(signal.SIGINT, stopped_at_start)
 
+import math  # noqa: E402
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -38,6 +39,10 @@ def main(cfg: DictConfig) -> float:
 
     distributed.entry_script = Path(__file__).resolve()  # what a DDP rank runs
     multirun, speaker = cli.is_multirun(), not is_launched_rank()
+    if multirun and speaker:
+        stopped = not_started()
+        if stopped is not None:
+            return stopped
     try:
         for warning in validate(cfg):
             if speaker:
@@ -61,6 +66,17 @@ def main(cfg: DictConfig) -> float:
             shutil.rmtree(HydraConfig.get().runtime.output_dir, ignore_errors=True)
         elif not multirun and isinstance(error, LEAVES_NOTHING):
             release_claim()  # only what this run made, and nothing once it has written a checkpoint
+        if multirun and isinstance(error, Stopped) and speaker:  # recorded; the jobs after it do not start
+            from hydra.core.hydra_config import HydraConfig
+
+            from echo_lstm.sweeps import stop
+
+            stop.request(Path(HydraConfig.get().sweep.dir), error.signum)
+            job = rundir.jobs.get(str(HydraConfig.get().runtime.output_dir))
+            if job is not None and not job.trained():  # stopped before its first checkpoint: nothing to keep
+                job.release(remove=True)
+            print(f"{cli.job_label()}: {error}", file=sys.stderr, flush=True)
+            return JobResult(math.nan, status="stopped", reason=str(error), exit_code=error.exit_code)
         if multirun and not isinstance(error, Stopped):  # the job fails; the sweep goes on
             print(f"{cli.job_label()} failed: {error}", file=sys.stderr, flush=True)
             return JobResult.failed(str(error), error.exit_code)
@@ -72,6 +88,23 @@ def main(cfg: DictConfig) -> float:
             job = rundir.jobs.pop(str(HydraConfig.get().runtime.output_dir), None)
             if job is not None:
                 job.release()
+
+
+def not_started() -> object:
+    """A job of a sweep that was stopped (sweeps/stop.py) does not start: its dir is removed, it is recorded."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from echo_lstm.sweeps import stop
+    from echo_lstm.sweeps.summary import JobResult
+
+    hc = HydraConfig.get()
+    signum = stop.requested(Path(hc.sweep.dir))
+    if signum is None:
+        return None
+    job = rundir.jobs.get(str(hc.runtime.output_dir))
+    if job is not None and job.created:
+        job.release(remove=True)
+    return JobResult(math.nan, status="not started", reason="the sweep was stopped before it", exit_code=128 + signum)
 
 
 def release_claim() -> None:

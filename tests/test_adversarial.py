@@ -379,3 +379,61 @@ def test_a_running_sweep_job_cannot_be_resumed_beside_itself(tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+# ---------------------------------------------------------------------------------------------- 5. stopping sweeps
+def live_group_members(pgid: int) -> list[int]:
+    """The processes of a process group that are still alive (zombies excluded)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ctrl-c", "kill-parent"])
+def test_ctrl_c_of_a_parallel_sweep_ends_every_worker_and_says_what_was_kept(tmp_path, how):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    sweep = tmp_path / "sweep"
+    out, err = open(tmp_path / "out", "w+"), open(tmp_path / "err", "w+")  # files: a stray worker cannot hang us
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "-m", "layers=1,2,3", "hydra/launcher=joblib",
+                             "hydra.launcher.n_jobs=2", "data.total_series_length=20000", "trainer.max_epochs=50",
+                             "callbacks.early_stopping=null", "checkpoint.every_n_steps=40",
+                             f"hydra.sweep.dir={sweep}"], cwd=REPO, stdout=out, stderr=err, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while len(list(sweep.glob("*/checkpoints/last.ckpt"))) < 2:
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        (os.killpg if how == "ctrl-c" else os.kill)(proc.pid, signal.SIGINT)  # a terminal signals the group
+        proc.wait(timeout=60)
+        time.sleep(0.5)
+        assert live_group_members(proc.pid) == []  # no worker outlives the sweep
+    finally:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    err.seek(0)
+    stderr = err.read()
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("stopped by SIGINT: 0 of 3 jobs finished, 2 stopped with a checkpoint kept, 1 not "
+                           "started"), last
+    assert "nothing was kept" not in stderr
+    kept = sorted(p.parent.parent.name for p in sweep.glob("*/checkpoints/last.ckpt"))
+    assert kept == ["0_layers=1", "1_layers=2"] and not (sweep / "2_layers=3").exists()
+    assert all(f"/{sweep.name}/{name}'" in last.replace("'\"'\"'", "'") for name in kept), last
+    import csv
+
+    with open(sweep / "summary.csv") as f:
+        assert sorted(row["status"] for row in csv.DictReader(f)) == ["not started", "stopped", "stopped"]

@@ -8,6 +8,7 @@ and what is allowed. Set `HYDRA_FULL_ERROR=1` yourself to see Hydra's own report
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.util
 import logging
@@ -192,14 +193,29 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
         # KeyboardInterrupt: raised inside an import, some libraries swallow it and go on half-imported.
         from echo_lstm import rundir
 
+        if rundir.sweep is not None and not is_launched_rank():  # a sweep: its jobs stop, then it ends (its summary)
+            from echo_lstm.sweeps import stop as sweep_stop
+
+            if sweep_stop.requested(rundir.sweep.path) is None:
+                sweep_stop.request(rundir.sweep.path, signum)
+                sweep_stop.signal_workers(signal.SIGTERM)  # a joblib sweep's workers (none in a sequential one)
+                print(f"stopping the sweep ({signal.Signals(signum).name}): its running jobs save and stop; "
+                      "Ctrl-C again to stop at once", file=sys.stderr, flush=True)
+                return
+            sweep_stop.kill_workers()
+            print(f"stopped by {signal.Signals(signum).name} at once; job dirs with a checkpoint are kept in "
+                  f"{rundir.sweep.path} (python train.py resume=<job dir>)", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
         kept = rundir.current is not None and rundir.current.trained()
         if on_failure:
             on_failure()  # removes what this process made, unless it has written a checkpoint
         where = f"; the run is kept in {rundir.current.path}" if kept else "; nothing was kept"
-        print(f"stopped by SIGINT{where}", file=sys.stderr, flush=True)
-        os._exit(130)
+        with contextlib.suppress(OSError):  # (SIGHUP: the terminal may be gone)
+            print(f"stopped by {signal.Signals(signum).name}{where}", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
 
-    signal.signal(signal.SIGINT, stop)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
     hydra_detail = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises; we report (or re-raise, for the user who set it)
     logging.raiseExceptions = False  # a full disk must not turn each log line into a traceback

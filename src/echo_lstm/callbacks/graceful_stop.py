@@ -1,4 +1,4 @@
-"""Ctrl-C (SIGINT) or SIGTERM: finish the current block of chunks, save `last.ckpt` at that step, stop."""
+"""Ctrl-C (SIGINT), SIGTERM or SIGHUP: finish the current block of chunks, save `last.ckpt` at that step, stop."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class GracefulStop(pl.Callback):
 
     def _take_signals(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
                 previous = signal.signal(sig, self._request)
                 self._previous.setdefault(sig, previous)
 

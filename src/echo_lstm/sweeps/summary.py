@@ -35,7 +35,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from echo_lstm import metrics as registry
-from echo_lstm.errors import relpath
+from echo_lstm.errors import command, hydra_quote, relpath, signal_name
 from echo_lstm.sweeps.naming import job_values, split_override
 
 RECORDS = ".jobs"
@@ -212,8 +212,23 @@ class SweepSummary(Callback):
         atexit.register(self._at_exit)  # a job that raised ends the sweep by re-raising its exception
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from echo_lstm.sweeps import stop
+
         self._sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         failed = self._report()
+        signum = stop.requested(self._sweep_dir)
+        if signum is not None:  # Ctrl-C / SIGTERM (sweeps/stop.py): what was kept and how to go on, truthfully
+            records = self._records()
+            kept = [r for r in records if r.status == "stopped" and r.run]
+            done = sum(r.status == "completed" for r in records)
+            waiting = sum(r.status == "not started" for r in records)
+            go_on = "; continue with: " + "; ".join(
+                command("python", "train.py", f"resume={hydra_quote(relpath(self._sweep_dir / r.run))}")
+                for r in kept) if kept else ""
+            print(f"stopped by {signal_name(signum)}: {done} of {len(records)} jobs finished, {len(kept)} stopped "
+                  f"with a checkpoint kept, {waiting} not started (summary.md lists them){go_on}",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(128 + signum)
         if failed:  # one line and an exit code, as for a single run (the reasons are in the table above)
             first = failed[0]
             label = " ".join(job_values(first.overrides)) or "defaults"
