@@ -59,6 +59,8 @@ def main(cfg: DictConfig) -> float:
                 say("\n".join(summary_lines(result, cfg)))
         value = result.value(cfg.optimized_metric)
         return JobResult(value, result.metrics, step=result.step) if multirun else value
+    except BrokenPipeError:  # `| head`: raised here, Hydra would print its own line about the job
+        cli.reader_left()
     except EchoError as error:
         if multirun and isinstance(error, ConfigError):  # a refused job: its dir lies in the claimed sweep dir
             from hydra.core.hydra_config import HydraConfig

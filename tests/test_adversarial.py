@@ -132,12 +132,15 @@ def test_an_own_resume_keeps_its_best_k_bookkeeping(tmp_path, trained):
                               for k, v in state["best_k_models"].items()}
     state.update(moved)
     torch.save(ckpt, last)
+    for stale in [".last.ckpt.tmp-4242", ".best-step8.ckpt.tmp-4242"]:  # saves killed in an earlier session
+        (run_dir / "checkpoints" / stale).write_bytes(b"half a checkpoint")
     old_best = [p.name for p in (run_dir / "checkpoints").glob("best-step*.ckpt")]
     assert len(old_best) == 1 and Path(state["best_model_path"]).name == old_best[0]
     proc = run_train(f"resume={run_dir}", "trainer.max_epochs=4")
     assert proc.returncode == 0, proc.stderr[-3000:]
     new_best = [p.name for p in (run_dir / "checkpoints").glob("best-step*.ckpt")]
     assert len(new_best) == 1 and new_best != old_best  # save_top_k 1: the old best was replaced
+    assert not list((run_dir / "checkpoints").glob(".*.tmp-*"))  # the stale temp files are cleaned
 
 
 def test_foreign_callback_paths_are_dropped_and_own_ones_kept(tmp_path, user):
@@ -437,3 +440,36 @@ def test_ctrl_c_of_a_parallel_sweep_ends_every_worker_and_says_what_was_kept(tmp
 
     with open(sweep / "summary.csv") as f:
         assert sorted(row["status"] for row in csv.DictReader(f)) == ["not started", "stopped", "stopped"]
+
+
+
+# ---------------------------------------------------------------------------------------------- the small ones
+@pytest.mark.slow
+def test_a_reader_that_leaves_is_no_traceback(tmp_path):
+    """`python train.py | head -1`: the pipe closes before the summary; the run's files stand, exit 141, quiet."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    for args in [["--help"], [*TINY, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}/run"]]:
+        read, write = os.pipe()
+        os.close(read)  # the reader is gone before anything is written
+        proc = subprocess.run([sys.executable, str(REPO / "train.py"), *args], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=300)
+        os.close(write)
+        assert proc.returncode == 141, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr and "Error executing job" not in proc.stderr, proc.stderr[-3000:]
+    assert (tmp_path / "run" / "result.json").is_file()
+
+
+@pytest.mark.slow
+def test_resume_with_a_run_dir_blames_the_right_setting(tmp_path, trained):
+    assert_refused(run_train(f"resume={tmp_path}/missing", f"hydra.run.dir={tmp_path}/x"), "resume=",
+                   "no such run directory")
+    run_dir = received(tmp_path, trained)
+    assert_refused(run_train(f"resume={run_dir}", f"hydra.run.dir={tmp_path}/x"), f"hydra.run.dir='{tmp_path}/x'",
+                   "cannot be set with resume=: it is the resumed run's own dir")
+    assert_refused(run_train(f"resume={run_dir}", "hydra.output_subdir=elsewhere"), "hydra.output_subdir=",
+                   "cannot be set with resume=")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["received"]

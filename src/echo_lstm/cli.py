@@ -241,12 +241,22 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
         fail(error, argv, schema, on_failure, quiet, hydra_detail)
 
 
+def reader_left() -> None:
+    """`| head`: the reader of stdout left. Say nothing more (the run's files stand) and exit as a shell reports it."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+    sys.exit(141)  # 128 + SIGPIPE
+
+
 def fail(error: BaseException, argv: list[str], schema: Any, on_failure: Callable[[], None] | None, quiet: bool,
          hydra_detail: bool, before_the_run: bool = False) -> None:
     """Report `error` in one line and exit, after `on_failure` (what this process claimed); re-raise a bug with its
     traceback, unless it came before the run started (then nothing ran: still one line, exit code 2)."""
     from echo_lstm import rundir
 
+    if isinstance(error, BrokenPipeError):
+        if on_failure:
+            on_failure()  # (keeps a run that wrote a checkpoint)
+        reader_left()
     cause = error
     while cause is not None and not isinstance(cause, EchoError):  # the app's own error inside OmegaConf's
         cause = cause.__cause__ or cause.__context__

@@ -72,8 +72,6 @@ def resumed_argv(argv: list[str]) -> list[str]:
         return argv
     if any(a in ("-m", "--multirun") for a in argv):
         raise ConfigError("resume", value, "resumes one run; it cannot be combined with a multirun (-m)")
-    if any(a.startswith(("hydra.run.dir=", "hydra.output_subdir=")) for a in argv):
-        raise ConfigError("hydra.run.dir", "...", "is the resumed run's own dir; drop it when resuming")
     if value == "latest":
         found = latest_run()
         if found is None:
@@ -83,6 +81,11 @@ def resumed_argv(argv: list[str]) -> list[str]:
         run = Path(str(value)).expanduser()
     if not run.is_dir():
         raise ConfigError("resume", str(value), "no such run directory")
+    placed = [a for a in argv if a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
+    if placed:  # (after the resumed dir is known to exist: the right setting is blamed)
+        key, _, where = placed[-1].partition("=")
+        why = "is the resumed run's own dir" if key == "hydra.run.dir" else "is .hydra/resumed-<time> when resuming"
+        raise ConfigError(key, where, f"cannot be set with resume=: it {why}; drop it")
     rundir.check_contents(run, "resume")  # before reading anything of it: no links, nothing but files and dirs
     hydra_dir = run / ".hydra"
     if not (hydra_dir / "overrides.yaml").is_file() or not (hydra_dir / "config.yaml").is_file():
