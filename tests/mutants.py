@@ -123,6 +123,10 @@ MUTANTS = {
         "        if rundir.sweep is not None and not is_launched_rank():",
         "        if False:",
         ["tests/test_adversarial.py::test_ctrl_c_of_a_parallel_sweep_ends_every_worker_and_says_what_was_kept"]),
+    "failed-trial-nan-to-optuna": ("src/echo_lstm/sweeps/summary.py",
+        "        return cls(failed_value(), status=",
+        "        return cls(math.nan, status=",
+        ["tests/test_adversarial.py::test_a_failed_optuna_trial_is_recorded_and_the_search_goes_on"]),
 }
 
 def run(name):

@@ -473,3 +473,23 @@ def test_resume_with_a_run_dir_blames_the_right_setting(tmp_path, trained):
     assert_refused(run_train(f"resume={run_dir}", "hydra.output_subdir=elsewhere"), "hydra.output_subdir=",
                    "cannot be set with resume=")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["received"]
+
+
+
+@pytest.mark.slow
+def test_a_failed_optuna_trial_is_recorded_and_the_search_goes_on(tmp_path):
+    import csv
+    import importlib.util
+
+    if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+        pytest.skip('the optional Optuna sweeper is not installed: pip install -e ".[optuna]"')
+    search = tmp_path / "conf" / "hparams_search"
+    search.mkdir(parents=True)
+    (search / "failing.yaml").write_text("# @package _global_\ndefaults:\n  - optuna\nhydra:\n  sweeper:\n"
+                                         "    n_trials: 3\n    params:\n      layers: choice(0)\n")  # all invalid
+    proc = run_train(f"hydra.searchpath=[file://{tmp_path}/conf]", "hparams_search=failing", *TINY,
+                     "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}/sweep")
+    assert "Traceback" not in proc.stderr and "Values were told" not in proc.stderr, proc.stderr[-3000:]
+    with open(tmp_path / "sweep" / "summary.csv") as f:
+        assert [row["status"] for row in csv.DictReader(f)] == ["failed"] * 3  # every trial ran and is recorded
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: 3 of 3 jobs failed")

@@ -62,7 +62,21 @@ class JobResult(float):
 
     @classmethod
     def failed(cls, reason: str, exit_code: int) -> JobResult:
-        return cls(math.nan, status="failed", reason=reason, exit_code=exit_code)
+        return cls(failed_value(), status="failed", reason=reason, exit_code=exit_code)
+
+
+def failed_value() -> float:
+    """What a failed job returns to the sweeper: NaN, but for Optuna the worst value of its direction, which it
+    takes (a NaN makes hydra-optuna-sweeper tell the trial twice and abort the whole search)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        sweeper = HydraConfig.get().sweeper if HydraConfig.initialized() else None
+    except Exception:
+        sweeper = None
+    if sweeper is None or "Optuna" not in str(sweeper.get("_target_", "")):
+        return math.nan
+    return -math.inf if str(sweeper.get("direction", "minimize")).lower().endswith("maximize") else math.inf
 
 
 @dataclass
