@@ -17,7 +17,6 @@ def stopped_at_start(signum: int, frame: object) -> None:  # until cli.run takes
 
 signal.signal(signal.SIGINT, stopped_at_start)
 
-import math  # noqa: E402
 import shutil  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -72,13 +71,14 @@ def main(cfg: DictConfig) -> float:
             from hydra.core.hydra_config import HydraConfig
 
             from echo_lstm.sweeps import stop
+            from echo_lstm.sweeps.summary import failed_value
 
             stop.request(Path(HydraConfig.get().sweep.dir), error.signum)
             job = rundir.jobs.get(str(HydraConfig.get().runtime.output_dir))
             if job is not None and not job.trained():  # stopped before its first checkpoint: nothing to keep
                 job.release(remove=True)
             print(f"{cli.job_label()}: {error}", file=sys.stderr, flush=True)
-            return JobResult(math.nan, status="stopped", reason=str(error), exit_code=error.exit_code)
+            return JobResult(failed_value(), status="stopped", reason=str(error), exit_code=error.exit_code)
         if multirun and not isinstance(error, Stopped):  # the job fails; the sweep goes on
             print(f"{cli.job_label()} failed: {error}", file=sys.stderr, flush=True)
             return JobResult.failed(str(error), error.exit_code)
@@ -97,7 +97,7 @@ def not_started() -> object:
     from hydra.core.hydra_config import HydraConfig
 
     from echo_lstm.sweeps import stop
-    from echo_lstm.sweeps.summary import JobResult
+    from echo_lstm.sweeps.summary import JobResult, failed_value
 
     hc = HydraConfig.get()
     signum = stop.requested(Path(hc.sweep.dir))
@@ -106,7 +106,8 @@ def not_started() -> object:
     job = rundir.jobs.get(str(hc.runtime.output_dir))
     if job is not None and job.created:
         job.release(remove=True)
-    return JobResult(math.nan, status="not started", reason="the sweep was stopped before it", exit_code=128 + signum)
+    return JobResult(failed_value(), status="not started", reason="the sweep was stopped before it",
+                     exit_code=128 + signum)
 
 
 def release_claim() -> None:

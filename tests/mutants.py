@@ -127,6 +127,10 @@ MUTANTS = {
         "        return cls(failed_value(), status=",
         "        return cls(math.nan, status=",
         ["tests/test_adversarial.py::test_a_failed_optuna_trial_is_recorded_and_the_search_goes_on"]),
+    "resume-of-a-trial-searches-again": ("src/echo_lstm/resume.py",
+        '("resume", "ckpt_path", "hparams_search")]',
+        '("resume", "ckpt_path")]',
+        ["tests/test_adversarial.py::test_ctrl_c_of_an_optuna_search_stops_it_and_its_trial_resumes_alone"]),
 }
 
 def run(name):

@@ -493,3 +493,47 @@ def test_a_failed_optuna_trial_is_recorded_and_the_search_goes_on(tmp_path):
     with open(tmp_path / "sweep" / "summary.csv") as f:
         assert [row["status"] for row in csv.DictReader(f)] == ["failed"] * 3  # every trial ran and is recorded
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: 3 of 3 jobs failed")
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_an_optuna_search_stops_it_and_its_trial_resumes_alone(tmp_path):
+    import importlib.util
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+        pytest.skip('the optional Optuna sweeper is not installed: pip install -e ".[optuna]"')
+    sweep = tmp_path / "sweep"
+    err = open(tmp_path / "err", "w+")
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "hparams_search=optuna", "hydra.sweeper.n_trials=4",
+                             "data.total_series_length=20000", "trainer.max_epochs=50", "callbacks.early_stopping=null",
+                             "checkpoint.every_n_steps=40", "trainer.enable_progress_bar=false",
+                             f"hydra.sweep.dir={sweep}"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while not list(sweep.glob("*/checkpoints/last.ckpt")):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+    finally:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    err.seek(0)
+    stderr = err.read()
+    assert proc.returncode == 130 and "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("stopped by SIGINT: 0 of 4 jobs finished, 1 stopped with a checkpoint kept, 3 not "
+                           "started"), last
+    job = next(sweep.glob("*/checkpoints/last.ckpt")).parent.parent
+    from echo_lstm.errors import hydra_quote
+
+    resumed = run_train(f"resume={hydra_quote(str(job))}", "trainer.max_epochs=1")  # that trial, not a new search
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "continuing" in resumed.stdout and "Sweep summary" not in resumed.stdout
+    assert (job / "result.json").is_file()

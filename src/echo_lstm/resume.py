@@ -102,7 +102,8 @@ def resumed_argv(argv: list[str]) -> list[str]:
     except Exception as error:
         reason = " ".join(str(error).split())[:200]
         raise ConfigError("resume", str(value), f"its .hydra files are not readable ({reason})") from None
-    stored = [o for o in stored if o.split("=", 1)[0].lstrip("+~") not in ("resume", "ckpt_path")]
+    # (hparams_search: a search's job holds its sampled values; resuming it runs that one job, not a new search)
+    stored = [o for o in stored if o.split("=", 1)[0].lstrip("+~") not in ("resume", "ckpt_path", "hparams_search")]
     check_stored_overrides(stored, str(run))
     new = [a for a in argv if not a.startswith("-") and a not in given]
     flags = [a for a in argv if a.startswith("-")]
