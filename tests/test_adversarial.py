@@ -509,8 +509,8 @@ def test_ctrl_c_of_an_optuna_search_stops_it_and_its_trial_resumes_alone(tmp_pat
         pytest.skip('the optional Optuna sweeper is not installed: pip install -e ".[optuna]"')
     sweep = tmp_path / "sweep"
     err = open(tmp_path / "err", "w+")
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "hparams_search=optuna", "hydra.sweeper.n_trials=4",
-                             "data.total_series_length=20000", "trainer.max_epochs=50", "callbacks.early_stopping=null",
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "hparams_search=optuna",
+                             "hydra.sweeper.n_trials=4", "data.total_series_length=20000", "trainer.max_epochs=50", "callbacks.early_stopping=null",
                              "checkpoint.every_n_steps=40", "trainer.enable_progress_bar=false",
                              f"hydra.sweep.dir={sweep}"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
                             start_new_session=True)
@@ -537,3 +537,28 @@ def test_ctrl_c_of_an_optuna_search_stops_it_and_its_trial_resumes_alone(tmp_pat
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "continuing" in resumed.stdout and "Sweep summary" not in resumed.stdout
     assert (job / "result.json").is_file()
+
+
+@pytest.mark.slow
+def test_sighup_stops_a_run_with_a_line_and_a_resume_hint(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "data.total_series_length=20000",
+                             "trainer.max_epochs=50", "callbacks.early_stopping=null", "checkpoint.every_n_steps=40",
+                             "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoints" / "last.ckpt").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGHUP)  # the terminal closed
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 129 and "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("stopped by SIGHUP at step ") and "Continue with: python train.py resume=" in last, last

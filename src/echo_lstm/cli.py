@@ -216,6 +216,8 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, stop)
+    with contextlib.suppress(AttributeError, ValueError):  # a path the locale cannot encode (LC_ALL=C): escaped
+        sys.stdout.reconfigure(errors="backslashreplace")
     hydra_detail = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises; we report (or re-raise, for the user who set it)
     logging.raiseExceptions = False  # a full disk must not turn each log line into a traceback

@@ -105,9 +105,10 @@ class Preflight(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from echo_lstm.errors import Escaped
-        from echo_lstm.preflight import claim_run_dir
+        from echo_lstm.preflight import check_output_subdir, claim_run_dir
 
         try:  # Hydra turns an exception in a callback into a warning and goes on: carry it past (cli.run reports)
+            check_output_subdir(config)
             check_settings(config)
             claim_run_dir(config, hint="")
         except Exception as error:
