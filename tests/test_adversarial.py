@@ -509,11 +509,11 @@ def test_ctrl_c_of_an_optuna_search_stops_it_and_its_trial_resumes_alone(tmp_pat
         pytest.skip('the optional Optuna sweeper is not installed: pip install -e ".[optuna]"')
     sweep = tmp_path / "sweep"
     err = open(tmp_path / "err", "w+")
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "hparams_search=optuna",
-                             "hydra.sweeper.n_trials=4", "data.total_series_length=20000", "trainer.max_epochs=50", "callbacks.early_stopping=null",
-                             "checkpoint.every_n_steps=40", "trainer.enable_progress_bar=false",
-                             f"hydra.sweep.dir={sweep}"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
-                            start_new_session=True)
+    args = ["hparams_search=optuna", "hydra.sweeper.n_trials=4", "data.total_series_length=20000",
+            "trainer.max_epochs=50", "callbacks.early_stopping=null", "checkpoint.every_n_steps=40",
+            "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=err, start_new_session=True)
     try:
         deadline = time.time() + 180
         while not list(sweep.glob("*/checkpoints/last.ckpt")):
