@@ -39,6 +39,12 @@ def main(cfg: DictConfig) -> float:
     distributed.entry_script = Path(__file__).resolve()  # what a DDP rank runs
     multirun, speaker = cli.is_multirun(), not is_launched_rank()
     if multirun and speaker:
+        if rundir.sweep is None:  # a joblib worker (the sweep's own process claimed the sweep dir)
+            from hydra.core.hydra_config import HydraConfig
+
+            from echo_lstm.sweeps import stop
+
+            stop.record_in_worker(Path(HydraConfig.get().sweep.dir))
         stopped = not_started()
         if stopped is not None:
             return stopped

@@ -562,3 +562,39 @@ def test_sighup_stops_a_run_with_a_line_and_a_resume_hint(tmp_path):
     assert proc.returncode == 129 and "Traceback" not in err, err[-3000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("stopped by SIGHUP at step ") and "Continue with: python train.py resume=" in last, last
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_a_parallel_sweep_starts_leaves_no_worker_and_nothing_behind(tmp_path):
+    """Ctrl-C while joblib's workers are still starting: no worker outlives the sweep, one closing line, and
+    nothing is kept (no job trained). (A worker interrupted inside its own start-up imports may still print
+    Python's KeyboardInterrupt traceback before this app's code runs in it: not asserted here.)"""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    sweep = tmp_path / "sweep"
+    err = open(tmp_path / "err", "w+")
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), "-m", "layers=1,2,3", "hydra/launcher=joblib",
+                             "hydra.launcher.n_jobs=2", *TINY, f"hydra.sweep.dir={sweep}"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not (sweep / "multirun.yaml").exists():  # claimed; the workers are being started
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+        time.sleep(0.5)
+        assert live_group_members(proc.pid) == []
+    finally:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    err.seek(0)
+    stderr = err.read()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("stopped by SIGINT"), stderr[-3000:]
+    assert not list(sweep.glob("*/checkpoints/last.ckpt"))

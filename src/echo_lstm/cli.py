@@ -196,16 +196,7 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
         if rundir.sweep is not None and not is_launched_rank():  # a sweep: its jobs stop, then it ends (its summary)
             from echo_lstm.sweeps import stop as sweep_stop
 
-            if sweep_stop.requested(rundir.sweep.path) is None:
-                sweep_stop.request(rundir.sweep.path, signum)
-                sweep_stop.signal_workers(signal.SIGTERM)  # a joblib sweep's workers (none in a sequential one)
-                print(f"stopping the sweep ({signal.Signals(signum).name}): its running jobs save and stop; "
-                      "Ctrl-C again to stop at once", file=sys.stderr, flush=True)
-                return
-            sweep_stop.kill_workers()
-            print(f"stopped by {signal.Signals(signum).name} at once; job dirs with a checkpoint are kept in "
-                  f"{rundir.sweep.path} (python train.py resume=<job dir>)", file=sys.stderr, flush=True)
-            os._exit(128 + signum)
+            return sweep_stop.on_signal(rundir.sweep.path, signum)
         kept = rundir.current is not None and rundir.current.trained()
         if on_failure:
             on_failure()  # removes what this process made, unless it has written a checkpoint
@@ -239,8 +230,18 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
         hydra_main()
     except Escaped as escaped:  # raised in the preflight callback: nothing may have passed its checks and claim
         fail(escaped.error, argv, schema, on_failure, quiet, hydra_detail, before_the_run=True)
-    except Exception as error:
+    except (Exception, KeyboardInterrupt) as error:  # (KeyboardInterrupt: from a joblib worker of a stopped sweep)
         fail(error, argv, schema, on_failure, quiet, hydra_detail)
+
+
+def stop_requested() -> int | None:
+    from echo_lstm import rundir
+
+    if rundir.sweep is None:
+        return None
+    from echo_lstm.sweeps.stop import requested
+
+    return requested(rundir.sweep.path)
 
 
 def reader_left() -> None:
@@ -255,6 +256,14 @@ def fail(error: BaseException, argv: list[str], schema: Any, on_failure: Callabl
     traceback, unless it came before the run started (then nothing ran: still one line, exit code 2)."""
     from echo_lstm import rundir
 
+    stopped = stop_requested()
+    if stopped is not None and not isinstance(error, EchoError):  # e.g. a worker killed by the terminal's Ctrl-C
+        from echo_lstm.sweeps.summary import SweepSummary
+
+        path = rundir.sweep.path
+        if on_failure:
+            on_failure()  # removes the sweep dir if no job has trained
+        SweepSummary.end_stopped(path, stopped)
     if isinstance(error, BrokenPipeError):
         if on_failure:
             on_failure()  # (keeps a run that wrote a checkpoint)

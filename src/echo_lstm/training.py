@@ -244,7 +244,9 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=start.path and str(start.path))
         except StopRequested as stop:
-            note = f"{checkpoint_note(run_dir)}. Continue with: {resume_command(run_dir)}"
+            note = checkpoint_note(run_dir)
+            if (run_dir / "checkpoints" / "last.ckpt").is_file():  # else nothing is kept to continue from
+                note += f". Continue with: {resume_command(run_dir)}"
             raise Stopped(stop.signum, f"stopped by {signal_name(stop.signum)} at step {trainer.global_step}; {note}") \
                 from None
         except Diverged as error:

@@ -231,24 +231,36 @@ class SweepSummary(Callback):
         self._sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         failed = self._report()
         signum = stop.requested(self._sweep_dir)
-        if signum is not None:  # Ctrl-C / SIGTERM (sweeps/stop.py): what was kept and how to go on, truthfully
-            records = self._records()
-            kept = [r for r in records if r.status == "stopped" and r.run]
-            done = sum(r.status == "completed" for r in records)
-            waiting = sum(r.status == "not started" for r in records)
-            go_on = "; continue with: " + "; ".join(
-                command("python", "train.py", f"resume={hydra_quote(relpath(self._sweep_dir / r.run))}")
-                for r in kept) if kept else ""
-            print(f"stopped by {signal_name(signum)}: {done} of {len(records)} jobs finished, {len(kept)} stopped "
-                  f"with a checkpoint kept, {waiting} not started (summary.md lists them){go_on}",
-                  file=sys.stderr, flush=True)
-            raise SystemExit(128 + signum)
+        if signum is not None:
+            self.end_stopped(self._sweep_dir, signum)
         if failed:  # one line and an exit code, as for a single run (the reasons are in the table above)
             first = failed[0]
             label = " ".join(job_values(first.overrides)) or "defaults"
             print(f"error: {len(failed)} of {len(self._records())} jobs failed (summary.md has every reason); "
                   f"job {first.job} ({label}): {first.reason}", file=sys.stderr, flush=True)
             raise SystemExit(first.exit_code or 1)
+
+    @classmethod
+    def end_stopped(cls, sweep_dir: Path, signum: int) -> None:
+        """A sweep stopped by Ctrl-C / SIGTERM (sweeps/stop.py): the summary, and what was kept and how to go on,
+        truthfully (the job dirs that hold a checkpoint); exits with the stop's code."""
+        sweep_dir = Path(sweep_dir).resolve()
+        if not sweep_dir.is_dir():  # no job had trained: the sweep left nothing
+            print(f"stopped by {signal_name(signum)}; nothing was kept", file=sys.stderr, flush=True)
+            raise SystemExit(128 + signum)
+        with contextlib.suppress(Exception), file_lock(sweep_dir / RECORDS / "lock"):
+            cls().write_summary(sweep_dir)
+        records = {r.job: r for r in cls.read_records(sweep_dir)}
+        kept = sorted(p.parent.parent for p in sweep_dir.glob("*/checkpoints/last.ckpt"))
+        done = sum(r.status == "completed" for r in records.values())
+        stopped = [p for p in kept if not any(r.status == "completed" and r.run == p.name for r in records.values())]
+        go_on = "; continue with: " + "; ".join(
+            command("python", "train.py", f"resume={hydra_quote(relpath(p))}") for p in stopped) if stopped else ""
+        waiting = sum(r.status == "not started" for r in records.values())
+        print(f"stopped by {signal_name(signum)}: {done} of {len(records)} jobs finished, {len(stopped)} stopped "
+              f"with a checkpoint kept, {waiting} not started (summary.md lists them){go_on}",
+              file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if is_multirun(config):
