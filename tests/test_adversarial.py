@@ -217,6 +217,15 @@ def test_a_run_dir_with_links_is_refused_untouched(tmp_path, trained, user, name
     assert tree(user) == before and tree(run_dir) == run_before
 
 
+@pytest.mark.slow
+def test_a_link_that_stays_inside_the_run_dir_is_no_reason_to_refuse(tmp_path, trained):
+    run_dir = received(tmp_path, trained)
+    (run_dir / "wandb" / "offline-run-1").mkdir(parents=True)
+    (run_dir / "wandb" / "latest-run").symlink_to("offline-run-1")  # as W&B makes it
+    proc = run_train(f"resume={run_dir}", "trainer.max_epochs=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_write_file_replaces_links_and_never_writes_through_them(tmp_path, user):
     from echo_lstm.rundir import write_file
 

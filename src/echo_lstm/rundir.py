@@ -10,9 +10,10 @@
   dir if it made it, else (an empty dir the user named, or a run being resumed) only the files it added, and
   the run's log is cut back to its length before this process.
 - A run dir is data, never instructions: an existing one (a resume, a requeued job) is refused if it holds a
-  symlink, anything but plain files and dirs, or a top-level file with other hard links (`check_contents`), so
-  no write of this app lands outside it. Writes go through `write_file` (atomic, never through a link) and
-  deletions of checkpoints through `own_file` (a regular file inside the dir, reached without a link).
+  symlink that leads outside it, anything but plain files and dirs, or a top-level file with other hard links
+  (`check_contents`), so no write of this app lands outside it. Writes go through `write_file` (atomic, never
+  through a link) and deletions of checkpoints through `own_file` (a regular file inside the dir, reached without
+  a link).
 """
 
 from __future__ import annotations
@@ -138,22 +139,25 @@ def own_file(path: str | Path, root: Path) -> bool:
 
 
 def check_contents(path: Path, key: str) -> None:
-    """Refuse an existing run dir that could turn this app's writes against the user: a symlink anywhere in it
-    (a log or result appended or rewritten wherever it points), anything but plain files and dirs, or a top-level
-    file with other hard links (rewritten in place: train.log, .lock, hparams.yaml)."""
+    """Refuse an existing run dir that could turn this app's writes against the user: a symlink in it that leads
+    outside it (a log or result appended or rewritten wherever it points), anything but plain files, dirs and such
+    links, or a top-level file with other hard links (rewritten in place: train.log, .lock, hparams.yaml)."""
     def refuse(rel: str, what: str) -> ConfigError:
         return ConfigError(key, str(path), f"holds {rel!r}, {what}: a run dir's files are never followed or "
                            "shared; copy the run without links (cp -rL) and use the copy")
 
     if stat.S_ISLNK(os.lstat(path).st_mode):
         raise ConfigError(key, str(path), "is a symlink: name the run dir itself")
+    inside = os.path.realpath(path) + os.sep
     for top, dirs, files in os.walk(path, followlinks=False):
         for name in dirs + files:
             full = os.path.join(top, name)
             rel = os.path.relpath(full, path)
             st = os.lstat(full)
-            if stat.S_ISLNK(st.st_mode):
-                raise refuse(rel, "a symlink")
+            if stat.S_ISLNK(st.st_mode):  # (one within the dir is harmless: W&B's wandb/latest-run)
+                if not os.path.realpath(full).startswith(inside):
+                    raise refuse(rel, "a symlink to outside the run dir")
+                continue
             if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
                 raise refuse(rel, "which is not a regular file or directory")
             if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and top == os.fspath(path):
