@@ -73,7 +73,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
         from echo_lstm.resume import drop_foreign_paths
 
-        checkpoint = torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        where = map_location if map_location is not None else (lambda storage, loc: storage)  # as Lightning's
+        checkpoint = torch.load(path, map_location=where, weights_only=True)
         if self.checkpoints is not None:
             drop_foreign_paths(checkpoint, self.checkpoints)
         return checkpoint
