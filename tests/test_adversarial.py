@@ -607,3 +607,32 @@ def test_ctrl_c_while_a_parallel_sweep_starts_leaves_no_worker_and_nothing_behin
     assert proc.returncode == 130, stderr[-3000:]
     assert stderr.strip().splitlines()[-1].startswith("stopped by SIGINT"), stderr[-3000:]
     assert not list(sweep.glob("*/checkpoints/last.ckpt"))
+
+
+def test_a_job_dir_is_claimed_as_hydra_names_it(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from echo_lstm import rundir
+    from echo_lstm.errors import ConfigError
+
+    root = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    try:
+        assert rundir.claimed_job_dir("0_layers=1", _root_=root) == "0_layers=1"
+        assert rundir.claimed_job_dir("0_layers=1", _root_=root) == "0_layers=1"  # resolved again: claimed once
+        assert (tmp_path / "0_layers=1" / ".lock").is_file()
+        (tmp_path / "taken").mkdir()
+        (tmp_path / "taken" / "train.log").write_text("another job's\n")
+        for subdir, why in [("taken", "each job needs its own dir"), ("../out", "without '..'"),
+                            (str(tmp_path / "abs"), "relative path"), (".", "relative path")]:
+            with pytest.raises(ConfigError, match=why):
+                rundir.claimed_job_dir(subdir, _root_=root)
+        (tmp_path / "taken" / ".slurm_job_id").write_text("77\n")  # a job SLURM requeued continues in its dir
+        (tmp_path / "taken" / "hpc_ckpt_1.ckpt").write_bytes(b"x")
+        monkeypatch.setenv("SLURM_JOB_ID", "77")
+        assert rundir.claimed_job_dir("taken", _root_=root) == "taken"
+        assert (tmp_path / "taken" / "train.log").read_text() == "another job's\n"
+    finally:
+        for claim in rundir.jobs.values():
+            claim.release()
+        rundir.jobs.clear()
+    assert not (tmp_path / "out").exists() and not (tmp_path.parent / "out").exists()

@@ -251,8 +251,13 @@ def claimed_job_dir(subdir: object, *, _root_: object) -> str:
     name = safe_subdir(subdir, "hydra.sweep.subdir")
     path = Path(os.path.abspath(os.path.join(str(OmegaConf.select(_root_, "hydra.sweep.dir")), name)))
     if str(path) not in jobs:  # (resolved more than once per job: claimed once)
-        jobs[str(path)] = claim_new(path, "hydra.sweep.subdir", unique=False, hint=": each job needs its own dir "
-                                    "(hydra.sweep.subdir must differ per job, e.g. hold ${hydra.job.num})")
+        from echo_lstm.preflight import requeued_slurm_job
+
+        if requeued_slurm_job(path):  # a job SLURM requeued continues in its own dir (its hpc checkpoint)
+            jobs[str(path)] = claim_existing(path, "hydra.sweep.subdir", appends=("train.log",))
+        else:
+            jobs[str(path)] = claim_new(path, "hydra.sweep.subdir", unique=False, hint=": each job needs its own "
+                                        "dir (hydra.sweep.subdir must differ per job, e.g. hold ${hydra.job.num})")
     return name
 
 
