@@ -193,7 +193,9 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
         # KeyboardInterrupt: raised inside an import, some libraries swallow it and go on half-imported.
         from echo_lstm import rundir
 
-        if rundir.sweep is not None and not is_launched_rank():  # a sweep: its jobs stop, then it ends (its summary)
+        if is_launched_rank():  # a DDP rank started by rank 0, which speaks for the run
+            os._exit(128 + signum)
+        if rundir.sweep is not None:  # a sweep: its jobs stop, then it ends (its summary)
             from echo_lstm.sweeps import stop as sweep_stop
 
             return sweep_stop.on_signal(rundir.sweep.path, signum)
