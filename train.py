@@ -109,9 +109,9 @@ def not_started() -> object:
     signum = stop.requested(Path(hc.sweep.dir))
     if signum is None:
         return None
-    job = rundir.jobs.get(str(hc.runtime.output_dir))
-    if job is not None and job.created:
-        job.release(remove=True)
+    job = rundir.jobs.pop(str(hc.runtime.output_dir), None)
+    if job is not None:
+        job.release(remove=True)  # (what this job made: Hydra's files; unlocked)
     return JobResult(failed_value(), status="not started", reason="the sweep was stopped before it",
                      exit_code=128 + signum)
 
