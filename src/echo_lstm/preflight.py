@@ -12,7 +12,6 @@ claimed: so every exception here leaves as `errors.Escaped`, which Hydra does no
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +28,6 @@ from echo_lstm.sweeps.naming import record_swept_keys, swept_keys
 
 def user_set(config: DictConfig, key: str) -> bool:
     return any(str(o).split("=", 1)[0].lstrip("+~") == key for o in config.hydra.overrides.hydra)
-
-
-def requeued_slurm_job(run_dir: Path) -> bool:
-    """A requeued SLURM job re-runs in its dir, which holds the hpc checkpoint Lightning saved before."""
-    from echo_lstm.training import HPC, SLURM_JOB
-
-    job = os.environ.get("SLURM_JOB_ID")
-    marker = run_dir / SLURM_JOB
-    return bool(job) and marker.is_file() and marker.read_text().strip() == job and any(run_dir.glob(HPC))
 
 
 def claim_run_dir(config: DictConfig, claim: rundir.Claim | None = None,
@@ -69,7 +59,7 @@ class Preflight(Callback):
             check_available(config)
             if rundir.current is None:  # (a resume claimed its dir before Hydra composed)
                 path = Path(config.hydra.run.dir)
-                requeued = requeued_slurm_job(path)
+                requeued = rundir.requeued_slurm_job(path)
                 claim_run_dir(config, rundir.claim_existing(path, "hydra.run.dir", appends=("train.log",))
                               if requeued else None)
         except Exception as error:

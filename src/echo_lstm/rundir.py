@@ -30,6 +30,8 @@ from pathlib import Path
 from echo_lstm.errors import ConfigError
 
 LOCK = ".lock"
+HPC = "hpc_ckpt_*.ckpt"  # what Lightning saves on SLURM's pre-emption signal before the job is requeued
+SLURM_JOB = ".slurm_job_id"  # the SLURM job that made the dir (only it continues from an hpc checkpoint)
 
 
 @dataclass
@@ -231,6 +233,13 @@ def lock(claim: Claim, key: str) -> Claim:
     return claim
 
 
+def requeued_slurm_job(run_dir: Path) -> bool:
+    """A requeued SLURM job re-runs in its dir, which holds the hpc checkpoint Lightning saved before."""
+    job = os.environ.get("SLURM_JOB_ID")
+    marker = run_dir / SLURM_JOB
+    return bool(job) and marker.is_file() and marker.read_text().strip() == job and any(run_dir.glob(HPC))
+
+
 def safe_subdir(value: object, key: str) -> str:
     """A dir name inside the run (or sweep) dir: relative, without `..`, not the dir itself."""
     text = str(value)
@@ -251,8 +260,6 @@ def claimed_job_dir(subdir: object, *, _root_: object) -> str:
     name = safe_subdir(subdir, "hydra.sweep.subdir")
     path = Path(os.path.abspath(os.path.join(str(OmegaConf.select(_root_, "hydra.sweep.dir")), name)))
     if str(path) not in jobs:  # (resolved more than once per job: claimed once)
-        from echo_lstm.preflight import requeued_slurm_job
-
         if requeued_slurm_job(path):  # a job SLURM requeued continues in its own dir (its hpc checkpoint)
             jobs[str(path)] = claim_existing(path, "hydra.sweep.subdir", appends=("train.log",))
         else:

@@ -30,10 +30,9 @@ from echo_lstm.errors import (
     relpath,
     signal_name,
 )
+from echo_lstm.rundir import HPC, SLURM_JOB
 
 log = logging.getLogger("echo_lstm.run")
-HPC = "hpc_ckpt_*.ckpt"  # what Lightning saves on SLURM's pre-emption signal before the job is requeued
-SLURM_JOB = ".slurm_job_id"
 
 
 def quiet_libraries() -> None:
