@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from echo_lstm.errors import ConfigError, hydra_quote
+from echo_lstm.errors import ConfigError, Finished, hydra_quote
 
 LAST = Path("checkpoints") / "last.ckpt"
 RESULT = "result.json"  # written when a run finishes: a finished run is read-only to resume= (unless limits rise)
@@ -109,9 +109,9 @@ def resumed_argv(argv: list[str]) -> list[str]:
     flags = [a for a in argv if a.startswith("-")]
     check_resumable(new, stored_cfg, choices)
     if (run / RESULT).is_file() and not any(_parse(o, "resume").key_or_group in LIMITS for o in new):
-        raise ConfigError("resume", str(value), f"is a finished run (it has its {RESULT}) and is kept as it is: "
-                          "to train it further, raise trainer.max_steps or trainer.max_epochs with resume=; or start "
-                          f"a new run from it: ckpt_path=<run dir>/{LAST}")
+        raise Finished(f"{run} is a finished run (its {RESULT}): nothing to resume, it is kept as it is; to train "
+                       f"it further raise trainer.max_steps or trainer.max_epochs with resume=, or start a new run "
+                       f"from it: ckpt_path={run / LAST}")
     merged = {_parse(o, "resume").key_or_group: o for o in stored}
     merged.update({_parse(o, "resume").key_or_group: o for o in new})
     now = time.strftime("%Y-%m-%d_%H-%M-%S")

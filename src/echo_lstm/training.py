@@ -21,6 +21,7 @@ from echo_lstm import metrics as registry
 from echo_lstm.errors import (
     ConfigError,
     Diverged,
+    Finished,
     ProcessDied,
     Raw,
     Stopped,
@@ -258,9 +259,8 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
             raise
     if start.in_place and trainer.global_step == start.step:  # a resumed run that had ended: nothing trained
         if (run_dir / "result.json").is_file():  # its results stand; nothing of it changes
-            raise ConfigError("resume" if cfg.resume is not None else "hydra.run.dir", Raw(relpath(run_dir)),
-                              f"has nothing left to train at step {start.step} with these limits (raise "
-                              "trainer.max_steps or trainer.max_epochs); nothing was changed")
+            raise Finished(f"{relpath(run_dir)} has nothing left to train at step {start.step} with these limits "
+                           "(raise trainer.max_steps or trainer.max_epochs): nothing was changed")
         trainer.validate(model, datamodule=datamodule, verbose=False)  # killed before its result.json: recover it
     result = summarize(trainer, model, cfg, start, time.perf_counter() - started, run_dir)
     if start.path is not None and trainer.global_step == start.step and not result.metrics.get("val/acc"):
