@@ -31,7 +31,10 @@ def main(cfg: DictConfig) -> None:
     except EchoError as error:  # here, not in cli.run: Hydra would add its own "Error executing job" line
         release_claim()  # an evaluation that did not finish has nothing worth keeping
         sys.exit(report(error))
-    print(table(result, written), flush=True)
+    try:
+        print(table(result, written), flush=True)
+    except BrokenPipeError:  # `| head`: eval.json is written; nothing more to say
+        cli.reader_left()
 
 
 def release_claim() -> None:

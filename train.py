@@ -40,6 +40,16 @@ def main(cfg: DictConfig) -> float:
     distributed.entry_script = Path(__file__).resolve()  # what a DDP rank runs
     logging.captureWarnings(True)  # library warnings to train.log only (cli.NoLibraryWarnings), in a joblib worker too
     multirun, speaker = cli.is_multirun(), not is_launched_rank()
+    if multirun and speaker:
+        if rundir.sweep is None:  # a joblib worker (the sweep's own process claimed the sweep dir)
+            from hydra.core.hydra_config import HydraConfig
+
+            from echo_lstm.sweeps import stop
+
+            stop.record_in_worker(Path(HydraConfig.get().sweep.dir))
+        stopped = not_started()
+        if stopped is not None:
+            return stopped
     try:
         for warning in validate(cfg):
             if speaker:
@@ -56,6 +66,8 @@ def main(cfg: DictConfig) -> float:
                 say("\n".join(summary_lines(result, cfg)))
         value = result.value(cfg.optimized_metric)
         return JobResult(value, result.metrics, step=result.step) if multirun else value
+    except BrokenPipeError:  # `| head`: raised here, Hydra would print its own line about the job
+        cli.reader_left()
     except EchoError as error:
         if multirun and isinstance(error, ConfigError):  # a refused job: its dir lies in the claimed sweep dir
             from hydra.core.hydra_config import HydraConfig
@@ -63,16 +75,56 @@ def main(cfg: DictConfig) -> float:
             shutil.rmtree(HydraConfig.get().runtime.output_dir, ignore_errors=True)
         elif not multirun and isinstance(error, LEAVES_NOTHING):
             release_claim()  # only what this run made, and nothing once it has written a checkpoint
+        if multirun and isinstance(error, Stopped) and speaker:  # recorded; the jobs after it do not start
+            from hydra.core.hydra_config import HydraConfig
+
+            from echo_lstm.sweeps import stop
+            from echo_lstm.sweeps.summary import failed_value
+
+            stop.request(Path(HydraConfig.get().sweep.dir), error.signum)
+            job = rundir.jobs.get(str(HydraConfig.get().runtime.output_dir))
+            if job is not None and not job.trained():  # stopped before its first checkpoint: nothing to keep
+                job.release(remove=True)
+            print(f"{cli.job_label()}: {error}", file=sys.stderr, flush=True)
+            return JobResult(failed_value(), status="stopped", reason=str(error), exit_code=error.exit_code)
         if multirun and not isinstance(error, Stopped):  # the job fails; the sweep goes on
             print(f"{cli.job_label()} failed: {error}", file=sys.stderr, flush=True)
             return JobResult.failed(str(error), error.exit_code)
         sys.exit(report(error, quiet=not speaker))
+    finally:
+        if multirun:  # the job's dir was claimed as Hydra named it (rundir.claimed_job_dir): unlock it
+            from hydra.core.hydra_config import HydraConfig
+
+            job = rundir.jobs.pop(str(HydraConfig.get().runtime.output_dir), None)
+            if job is not None:
+                job.release()
+
+
+def not_started() -> object:
+    """A job of a sweep that was stopped (sweeps/stop.py) does not start: its dir is removed, it is recorded."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from echo_lstm.sweeps import stop
+    from echo_lstm.sweeps.summary import JobResult, failed_value
+
+    hc = HydraConfig.get()
+    signum = stop.requested(Path(hc.sweep.dir))
+    if signum is None:
+        return None
+    job = rundir.jobs.pop(str(hc.runtime.output_dir), None)
+    if job is not None:
+        job.release(remove=True)  # (what this job made: Hydra's files; unlocked)
+    return JobResult(failed_value(), status="not started", reason="the sweep was stopped before it",
+                     exit_code=128 + signum)
 
 
 def release_claim() -> None:
     """A refusal or a Ctrl-C before training: remove what this process added to its run dir."""
     if rundir.current is not None and not is_launched_rank():
         rundir.current.release(remove=True)
+    sweep = rundir.sweep
+    if sweep is not None and not any(sweep.path.glob("*/checkpoints/last.ckpt")):  # a sweep refused before any
+        sweep.release(remove=True)  # job trained (a job's dir refused as Hydra named it): nothing to keep
 
 
 if __name__ == "__main__":

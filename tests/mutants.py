@@ -78,18 +78,84 @@ MUTANTS = {
         "    logging.captureWarnings(True)  # library warnings",
         "    pass  # library warnings",
         ["tests/test_research.py::test_joblib_sweep_runs_in_parallel_with_one_line_per_job_and_figures"]),
+    # issue 17: a stranger's run dir or checkpoint is data, never instructions (tests/test_adversarial.py)
+    "foreign-callback-paths-kept": ("src/echo_lstm/resume.py",
+        "        if not fine:\n",
+        "        if False:\n",
+        ["tests/test_adversarial.py::test_foreign_callback_paths_are_dropped_and_own_ones_kept"]),
+    "checkpoint-removal-unchecked": ("src/echo_lstm/callbacks/checkpoint.py",
+        "            os.unlink(path)\n",
+        "            os.unlink(path)\n        else:\n            super().remove_checkpoint(path)\n",
+        ["tests/test_adversarial.py::test_checkpoint_io_deletes_only_regular_checkpoint_files_of_its_run"]),
+    "checkpoint-paths-trusted": ([  # both guards off: Lightning's own restore and recursive delete
+        ("src/echo_lstm/resume.py", "        if not fine:\n", "        if False:\n"),
+        ("src/echo_lstm/callbacks/checkpoint.py", "            os.unlink(path)\n",
+         "            os.unlink(path)\n        else:\n            super().remove_checkpoint(path)\n")],
+        ["tests/test_adversarial.py::test_crafted_checkpoint_state_never_deletes_outside_the_run",
+         "tests/test_adversarial.py::test_a_checkpoint_from_elsewhere_starts_a_new_run_without_its_paths"]),
+    "run-dir-links-followed": ("src/echo_lstm/rundir.py",
+        "    for top, dirs, files in os.walk(path, followlinks=False):\n",
+        "    for top, dirs, files in []:\n",
+        ["tests/test_adversarial.py::test_a_run_dir_with_links_is_refused_untouched"]),
+    "write-through-links": ("src/echo_lstm/rundir.py",
+        "        os.replace(tmp, path)\n",
+        "        open(path, 'wb').write(data)\n",
+        ["tests/test_adversarial.py::test_write_file_replaces_links_and_never_writes_through_them"]),
+    "preflight-errors-swallowed": ("src/echo_lstm/preflight.py",  # as before: only the app's own errors escape
+        "            raise Escaped(error) from None\n",
+        "            raise (Escaped(error) if type(error).__name__ == 'ConfigError' else error) from None\n",
+        ["tests/test_adversarial.py::test_an_error_hydra_would_swallow_leaves_an_existing_run_untouched",
+         "tests/test_adversarial.py::test_the_preflight_carries_any_exception_past_hydra"]),
+    "plain-value-nodes-unchecked": ("src/echo_lstm/config.py",
+        "    check_nodes(cfg)\n",
+        "",
+        ["tests/test_adversarial.py::test_failures_before_the_run_are_one_line_and_leave_nothing"]),
+    "optimizer-state-unchecked": ("src/echo_lstm/resume.py",
+        "        check_optimizer_state(ckpt[\"optimizer_states\"], optimizer, key, path)\n",
+        "        pass\n",
+        ["tests/test_adversarial.py::test_failures_before_the_run_are_one_line_and_leave_nothing"]),
+    "finished-run-resumable": ("src/echo_lstm/resume.py",
+        "    if (run / RESULT).is_file() and not any(",
+        "    if False and not any(",
+        ["tests/test_adversarial.py::test_a_finished_run_is_read_only_to_resume"]),
+    "job-dirs-unclaimed": ("src/echo_lstm/preflight.py",
+        "hydra_quote('${claimed_job_dir:' + str(subdir) + '}')",
+        "hydra_quote(str(subdir))",
+        ["tests/test_adversarial.py::test_jobs_that_would_share_a_dir_or_leave_the_sweep_are_refused",
+         "tests/test_adversarial.py::test_a_running_sweep_job_cannot_be_resumed_beside_itself"]),
+    "output-subdir-unchecked": ("src/echo_lstm/preflight.py",
+        "        rundir.safe_subdir(value, \"hydra.output_subdir\")\n",
+        "        pass\n",
+        ["tests/test_adversarial.py::test_hydra_files_never_go_outside_the_run_dir"]),
+    "sweep-ctrl-c-exits-at-once": ("src/echo_lstm/cli.py",  # as before: the parent exits, its workers orphaned
+        "        if rundir.sweep is not None:  # a sweep",
+        "        if False:  # a sweep",
+        ["tests/test_adversarial.py::test_ctrl_c_of_a_parallel_sweep_ends_every_worker_and_says_what_was_kept"]),
+    "failed-trial-nan-to-optuna": ("src/echo_lstm/sweeps/summary.py",
+        "        return cls(failed_value(), status=",
+        "        return cls(math.nan, status=",
+        ["tests/test_adversarial.py::test_a_failed_optuna_trial_is_recorded_and_the_search_goes_on"]),
+    "resume-of-a-trial-searches-again": ("src/echo_lstm/resume.py",
+        '("resume", "ckpt_path", "hparams_search")]',
+        '("resume", "ckpt_path")]',
+        ["tests/test_adversarial.py::test_ctrl_c_of_an_optuna_search_stops_it_and_its_trial_resumes_alone"]),
 }
 
 def run(name):
-    path, old, new, tests = MUTANTS[name]
+    *edits, tests = MUTANTS[name]
+    if isinstance(edits[0], str):  # one edit: (file, old, new, tests); several: ([(file, old, new), ...], tests)
+        edits = [tuple(edits)]
+    else:
+        edits = edits[0]
     scratch = Path(tempfile.mkdtemp(prefix=f"mutant-{name}-"))
     shutil.rmtree(scratch)
     shutil.copytree(REPO, scratch, ignore=shutil.ignore_patterns(".venv*", "outputs", ".git", "*.egg-info",
                                                                   "__pycache__"))
-    target = scratch / path
-    text = target.read_text()
-    assert old in text, (name, old)
-    target.write_text(text.replace(old, new, 1))
+    for path, old, new in edits:
+        target = scratch / path
+        text = target.read_text()
+        assert old in text, (name, old)
+        target.write_text(text.replace(old, new, 1))
     env = {**os.environ, "PYTHONPATH": str(scratch / "src")}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", *tests],
                           cwd=scratch, env=env, capture_output=True, text=True, timeout=900)

@@ -8,6 +8,7 @@ and what is allowed. Set `HYDRA_FULL_ERROR=1` yourself to see Hydra's own report
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib.util
 import logging
@@ -17,11 +18,14 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import yaml
+
 from echo_lstm.errors import (
     LEAVES_NOTHING,
     USAGE,
     ConfigError,
     EchoError,
+    Escaped,
     Raw,
     disk_error,
     quiet_thread_disk_errors,
@@ -33,6 +37,20 @@ OPTIONAL_PLUGINS = [
     (("hparams_search=optuna", "hydra/sweeper=optuna"), "hydra_plugins.hydra_optuna_sweeper",
      'pip install -e ".[optuna]"  (the Optuna sweeper, hydra-optuna-sweeper)'),
 ]
+
+
+def check_start(argv: list[str]) -> None:
+    """What no setting can fix, said before Hydra meets it: a deleted current dir, arguments that are not text."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise ConfigError("cwd", Raw(os.environ.get("PWD", "?")), "no longer exists (it was deleted): cd into an "
+                          "existing directory and run again") from None
+    for arg in argv:
+        if any("\udc80" <= c <= "\udcff" for c in arg):  # bytes the locale could not decode (LC_ALL=C, PYTHONUTF8=0)
+            key, _, value = arg.partition("=")
+            raise ConfigError(key, Raw(value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")),
+                              "is not text in this locale's encoding: use a UTF-8 locale or PYTHONUTF8=1")
 
 
 def require_optional_plugins(argv: list[str]) -> None:
@@ -125,7 +143,18 @@ def translate(error: BaseException, argv: list[str], schema: Any = None) -> Conf
         text = str(error).strip().splitlines()[0]
         detail = str(cause).strip().splitlines()[0] if cause is not None and cause is not error else ""
         key = getattr(cause, "full_key", None) or "config"
-        return ConfigError(str(key), Raw("?"), f"{text} {detail}".strip())
+        return ConfigError(str(key), typed_value(argv, str(key)), f"{text} {detail}".strip())
+    if isinstance(error, ValueError) and str(error).startswith("Config group override must be"):
+        from echo_lstm.config import config_groups
+
+        for group, options in config_groups().items():  # `logger=5`: Hydra says which type, not which group
+            value = typed_value(argv, group)
+            if value != "?" and str(value) not in options:
+                return ConfigError(group, value, f"must be one of {', '.join(options)}")
+    if isinstance(error, yaml.YAMLError):  # a config file of the user's (hydra.searchpath) that is not YAML
+        mark = getattr(error, "problem_mark", None)
+        where = f"{mark.name}, line {mark.line + 1}" if mark is not None else "a config file"
+        return ConfigError("config", Raw(where), f"is not valid YAML ({getattr(error, 'problem', None) or error})")
     return None
 
 
@@ -164,14 +193,24 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
         # KeyboardInterrupt: raised inside an import, some libraries swallow it and go on half-imported.
         from echo_lstm import rundir
 
+        if is_launched_rank():  # a DDP rank started by rank 0, which speaks for the run
+            os._exit(128 + signum)
+        if rundir.sweep is not None:  # a sweep: its jobs stop, then it ends (its summary)
+            from echo_lstm.sweeps import stop as sweep_stop
+
+            return sweep_stop.on_signal(rundir.sweep.path, signum)
         kept = rundir.current is not None and rundir.current.trained()
         if on_failure:
             on_failure()  # removes what this process made, unless it has written a checkpoint
         where = f"; the run is kept in {rundir.current.path}" if kept else "; nothing was kept"
-        print(f"stopped by SIGINT{where}", file=sys.stderr, flush=True)
-        os._exit(130)
+        with contextlib.suppress(OSError):  # (SIGHUP: the terminal may be gone)
+            print(f"stopped by {signal.Signals(signum).name}{where}", file=sys.stderr, flush=True)
+        os._exit(128 + signum)
 
-    signal.signal(signal.SIGINT, stop)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
+    with contextlib.suppress(AttributeError, ValueError):  # a path the locale cannot encode (LC_ALL=C): escaped
+        sys.stdout.reconfigure(errors="backslashreplace")
     hydra_detail = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises; we report (or re-raise, for the user who set it)
     logging.raiseExceptions = False  # a full disk must not turn each log line into a traceback
@@ -183,6 +222,7 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
         if stray:
             print(f"warning: ignoring {', '.join(stray)} from the environment: no DDP launcher started this process",
                   file=sys.stderr)
+        check_start(argv)
         require_optional_plugins(argv)
         if "--help" in argv or "-h" in argv:
             print_help(config_name, argv, about, groups)
@@ -191,20 +231,67 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
             argv = prepare(argv)
         sys.argv = [sys.argv[0], *argv]
         hydra_main()
-    except EchoError as error:
+    except Escaped as escaped:  # raised in the preflight callback: nothing may have passed its checks and claim
+        fail(escaped.error, argv, schema, on_failure, quiet, hydra_detail, before_the_run=True)
+    except (Exception, KeyboardInterrupt) as error:  # (KeyboardInterrupt: from a joblib worker of a stopped sweep)
+        fail(error, argv, schema, on_failure, quiet, hydra_detail)
+
+
+def stop_requested() -> int | None:
+    from echo_lstm import rundir
+
+    if rundir.sweep is None:
+        return None
+    from echo_lstm.sweeps.stop import requested
+
+    return requested(rundir.sweep.path)
+
+
+def reader_left() -> None:
+    """`| head`: the reader of stdout left. Say nothing more (the run's files stand) and exit as a shell reports it."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+    sys.exit(141)  # 128 + SIGPIPE
+
+
+def fail(error: BaseException, argv: list[str], schema: Any, on_failure: Callable[[], None] | None, quiet: bool,
+         hydra_detail: bool, before_the_run: bool = False) -> None:
+    """Report `error` in one line and exit, after `on_failure` (what this process claimed); re-raise a bug with its
+    traceback, unless it came before the run started (then nothing ran: still one line, exit code 2)."""
+    from echo_lstm import rundir
+
+    stopped = stop_requested()
+    if stopped is not None and not isinstance(error, EchoError):  # e.g. a worker killed by the terminal's Ctrl-C
+        from echo_lstm.sweeps.summary import SweepSummary
+
+        path = rundir.sweep.path
+        if on_failure:
+            on_failure()  # removes the sweep dir if no job has trained
+        SweepSummary.end_stopped(path, stopped)
+    if isinstance(error, BrokenPipeError):
+        if on_failure:
+            on_failure()  # (keeps a run that wrote a checkpoint)
+        reader_left()
+    cause = error
+    while cause is not None and not isinstance(cause, EchoError):  # the app's own error inside OmegaConf's
+        cause = cause.__cause__ or cause.__context__
+    error = cause or error
+    if isinstance(error, EchoError):
         if on_failure and isinstance(error, LEAVES_NOTHING):
             on_failure()  # (a run that has written a checkpoint keeps its dir: rundir.Claim.release)
         sys.exit(report(error, quiet))
-    except Exception as error:
-        from echo_lstm import rundir
-
-        where = f"{rundir.current.path}/.hydra (Hydra's files)" if rundir.current else "an output file"
-        translated = None if hydra_detail else translate(error, argv, schema) or disk_error(error, where)
-        if translated is None:
-            raise
-        if on_failure:
+    where = f"{rundir.current.path}/.hydra (Hydra's files)" if rundir.current else "an output file"
+    translated = None if hydra_detail else translate(error, argv, schema) or disk_error(error, where)
+    if translated is None and before_the_run and not hydra_detail:
+        text = " ".join(str(error).split())[:200] or "no detail"
+        translated = ConfigError("config", Raw("..."), f"cannot be checked before the run ({type(error).__name__}: "
+                                                       f"{text})")
+    if translated is None:
+        if on_failure and before_the_run:
             on_failure()
-        sys.exit(report(translated, quiet))
+        raise error
+    if on_failure:
+        on_failure()
+    sys.exit(report(translated, quiet))
 
 
 class NoLibraryWarnings(logging.Filter):

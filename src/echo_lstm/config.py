@@ -176,6 +176,10 @@ def register_configs() -> None:
         from echo_lstm.sweeps.naming import sweep_job_name
 
         OmegaConf.register_new_resolver("sweep_job_name", sweep_job_name)
+    if not OmegaConf.has_resolver("claimed_job_dir"):
+        from echo_lstm.rundir import claimed_job_dir
+
+        OmegaConf.register_new_resolver("claimed_job_dir", claimed_job_dir)
 
 
 def config_groups() -> dict[str, list[str]]:
@@ -206,6 +210,28 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+NODES = ("data", "model", "model.net", "optimizer", "trainer", "device", "checkpoint", "figure", "steps_to_echo")
+
+
+def check_nodes(cfg: Any) -> None:
+    """Refuse a plain value where the config needs a node of settings (`model.net=5`, `callbacks.early_stopping=5`):
+    every later check and Lightning would fail on it with a traceback."""
+    from omegaconf import DictConfig, OmegaConf
+
+    for key in NODES:
+        node = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+        if not isinstance(node, DictConfig):
+            raise ConfigError(key, node, f"must be a group of settings ({key}.<name>=value), not a plain value")
+    for group in ("callbacks", "logger"):
+        nodes = OmegaConf.select(cfg, group)
+        if nodes is not None and not isinstance(nodes, DictConfig):
+            raise ConfigError(group, nodes, f"must be a config option ({group}=<option>) or null")
+        for name, node in (nodes.items_ex(resolve=False) if nodes is not None else ()):
+            if node is not None and not isinstance(node, DictConfig):
+                raise ConfigError(f"{group}.{name}", node, f"must be a group of settings or null ({group}.{name}=null "
+                                  "drops it)")
+
+
 def check_finite(cfg: Any) -> None:
     """Refuse NaN and infinity anywhere in the config: no setting of this app means anything with them."""
     from omegaconf import OmegaConf
@@ -223,6 +249,7 @@ def check_finite(cfg: Any) -> None:
 
 def validate(cfg: Any) -> list[str]:
     """Check every value; raise ConfigError on the first bad one, return warnings for odd-but-legal ones."""
+    check_nodes(cfg)
     check_finite(cfg)
     d, m, dev, t = cfg.data, cfg.model, cfg.device, cfg.trainer
     _require(cfg.layers >= 1, "layers", cfg.layers, "must be an integer >= 1")

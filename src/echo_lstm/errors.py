@@ -9,6 +9,7 @@ Every failure a user can cause or meet is one of these, so the entry points prin
 | 4    | WriteFailed     | a file could not be written (full disk, permissions)        | `error: `        |
 | 5    | ProcessDied     | a DDP process of the run died                               | `error: `        |
 | 130  | Stopped         | Ctrl-C (SIGINT) / 143 SIGTERM: a requested stop, not an error| `stopped `       |
+| 0    | Finished        | resume= of a finished run: nothing to do, nothing changed   | `echo-lstm: `    |
 
 Anything else is a bug and keeps its traceback.
 """
@@ -102,9 +103,32 @@ class Stopped(EchoError):
         return (Stopped, (self.signum, self.message))
 
 
+class Finished(EchoError):
+    """Nothing to do: a finished run given to resume= is kept as it is (not an error: exit code 0)."""
+
+    exit_code = 0
+    prefix = "echo-lstm: "
+
+    def __init__(self, message: str):
+        self.message = message
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple:
+        return (Finished, (self.message,))
+
+
+class Escaped(BaseException):
+    """An exception raised in a Hydra callback, carried past Hydra, which turns any Exception there into a warning and
+    goes on (without the checks and the claim). A BaseException, as SystemExit: cli.run unwraps and reports it."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+        super().__init__(error)
+
+
 # After these, a run that has written no checkpoint leaves nothing (rundir.Claim.release); a diverged run keeps its
 # dir, whose curves show what happened.
-LEAVES_NOTHING = (ConfigError, WriteFailed, Stopped)
+LEAVES_NOTHING = (ConfigError, WriteFailed, Stopped, Finished)
 
 
 def signal_name(signum: int) -> str:
@@ -151,6 +175,14 @@ def hydra_quote(value: str) -> str:
     if escaped.endswith("\\"):  # a trailing backslash would escape the closing quote
         escaped += "\\"
     return f"'{escaped}'"
+
+
+def relpath(path: Any, start: Any = None) -> str:
+    """`os.path.relpath`, or the absolute path when the current dir was deleted under the run (relpath needs it)."""
+    try:
+        return os.path.relpath(path, start) if start is not None else os.path.relpath(path)
+    except OSError:
+        return os.path.abspath(path) if os.path.isabs(os.fspath(path)) else os.fspath(path)
 
 
 def command(*args: str) -> str:

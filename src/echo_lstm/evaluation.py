@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from echo_lstm.config import CONF_DIR, DeviceConfig, available_cores, validate_device
-from echo_lstm.errors import ConfigError, disk_error, report
+from echo_lstm.errors import ConfigError, disk_error, relpath
 from echo_lstm.resume import LAST
 
 KEY = "ckpt_path"
@@ -105,13 +104,15 @@ class Preflight(Callback):
     """Check the settings and claim a new output dir before Hydra writes anything (as train.py's Preflight)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from echo_lstm.preflight import claim_run_dir
+        from echo_lstm.errors import Escaped
+        from echo_lstm.preflight import check_output_subdir, claim_run_dir
 
-        try:  # Hydra turns an exception in a callback into a warning and goes on: exit here
+        try:  # Hydra turns an exception in a callback into a warning and goes on: carry it past (cli.run reports)
+            check_output_subdir(config)
             check_settings(config)
             claim_run_dir(config, hint="")
-        except ConfigError as error:
-            sys.exit(report(error))
+        except Exception as error:
+            raise Escaped(error) from None
 
 
 def known_nets() -> set[str]:
@@ -278,5 +279,5 @@ def table(result: dict[str, Any], written: Path) -> str:
     rows = [(k, "n/a" if v is None else f"{v:.6f}" if isinstance(v, float) else str(v)) for k, v in result.items()]
     width = max(len(k) for k, _ in rows)
     lines = [f"{'metric':<{width}}  value", *(f"{k:<{width}}  {v}" for k, v in rows)]
-    shown = os.path.relpath(written)
+    shown = relpath(written)
     return "\n".join([*lines, f"written: {written if shown.startswith('..') else shown}"])

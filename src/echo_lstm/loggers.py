@@ -9,6 +9,7 @@ placeholder values enter the real curves. The echo figure goes to TensorBoard's 
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -43,6 +44,10 @@ def build_loggers(cfg: DictConfig, **tensorboard_kwargs: Any) -> list[Any]:
         if node is None:
             continue
         is_tb = OmegaConf.select(node, "_target_", default="").endswith("TensorBoardLogger")
+        if str(OmegaConf.select(node, "tracking_uri", default="")).startswith("file:"):
+            # MLflow 3 refuses its local file store ("maintenance mode") unless asked for it; the run dir's
+            # mlruns/ is this app's offline default (conf/logger/mlflow.yaml), so ask, unless the user decided.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         loggers.append(instantiate(node, **(tensorboard_kwargs if is_tb else {})))
     return loggers
 

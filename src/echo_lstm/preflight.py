@@ -5,12 +5,13 @@ loggers' packages, and claims the run dir (rundir.py: a new dir, atomically, and
 it). `on_multirun_start` claims the sweep dir the same way and records the swept keys (job dir names). Each
 refusal is one `error:` line and exit code 2. (In a multirun each job checks its own values in train.py, so one
 bad sweep point fails only its job.)
+
+Hydra turns an exception raised in a callback into a warning and goes on, writing into a dir nobody checked or
+claimed: so every exception here leaves as `errors.Escaped`, which Hydra does not catch, and cli.run reports it.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,22 +21,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from echo_lstm import rundir
 from echo_lstm.config import validate
 from echo_lstm.distributed import is_launched_rank
-from echo_lstm.errors import ConfigError, hydra_quote, report
+from echo_lstm.errors import Escaped, hydra_quote
 from echo_lstm.loggers import check_available
 from echo_lstm.sweeps.naming import record_swept_keys, swept_keys
 
 
 def user_set(config: DictConfig, key: str) -> bool:
     return any(str(o).split("=", 1)[0].lstrip("+~") == key for o in config.hydra.overrides.hydra)
-
-
-def requeued_slurm_job(run_dir: Path) -> bool:
-    """A requeued SLURM job re-runs in its dir, which holds the hpc checkpoint Lightning saved before."""
-    from echo_lstm.training import HPC, SLURM_JOB
-
-    job = os.environ.get("SLURM_JOB_ID")
-    marker = run_dir / SLURM_JOB
-    return bool(job) and marker.is_file() and marker.read_text().strip() == job and any(run_dir.glob(HPC))
 
 
 def claim_run_dir(config: DictConfig, claim: rundir.Claim | None = None,
@@ -49,31 +41,48 @@ def claim_run_dir(config: DictConfig, claim: rundir.Claim | None = None,
         config.hydra.run.dir = str(claim.path)
 
 
+def check_output_subdir(config: DictConfig) -> None:
+    """Hydra's files (`hydra.output_subdir`, .hydra) go inside the run dir: `..` or an absolute path would overwrite
+    a config.yaml of the user's beside it."""
+    value = OmegaConf.select(config, "hydra.output_subdir")
+    if value is not None:
+        rundir.safe_subdir(value, "hydra.output_subdir")
+
+
 class Preflight(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if is_launched_rank():
             return  # a DDP rank started by rank 0, which has checked and claimed everything
         try:
+            check_output_subdir(config)
             validate(config)
             check_available(config)
             if rundir.current is None:  # (a resume claimed its dir before Hydra composed)
                 path = Path(config.hydra.run.dir)
-                requeued = requeued_slurm_job(path)
+                requeued = rundir.requeued_slurm_job(path)
                 claim_run_dir(config, rundir.claim_existing(path, "hydra.run.dir", appends=("train.log",))
                               if requeued else None)
-        except ConfigError as error:
-            sys.exit(report(error))
+        except Exception as error:
+            raise Escaped(error) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
-            claim = rundir.claim_new(Path(config.hydra.sweep.dir), "hydra.sweep.dir",
-                                     unique=not user_set(config, "hydra.sweep.dir"))
-        except ConfigError as error:
-            sys.exit(report(error))
-        # Every job's config is composed again from the Hydra overrides: the claimed dir must be one of them.
+            self.claim_sweep(config)
+        except Exception as error:
+            raise Escaped(error) from None
+
+    def claim_sweep(self, config: DictConfig) -> None:
+        check_output_subdir(config)
+        claim = rundir.claim_new(Path(config.hydra.sweep.dir), "hydra.sweep.dir",
+                                 unique=not user_set(config, "hydra.sweep.dir"))
+        # Every job's config is composed again from the Hydra overrides: the claimed dir must be one of them, and
+        # each job's dir is claimed as Hydra resolves its name (rundir.claimed_job_dir).
+        subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False)["subdir"]
         with read_write(config.hydra), open_dict(config.hydra):
             config.hydra.sweep.dir = str(claim.path)
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir={hydra_quote(str(claim.path))}")
+            config.hydra.overrides.hydra.append(
+                f"hydra.sweep.subdir={hydra_quote('${claimed_job_dir:' + str(subdir) + '}')}")
         rundir.sweep = claim  # held (locked) while the sweep runs; a failing job removes only its own dir
         sweeper_params = OmegaConf.select(config, "hydra.sweeper.params")
         record_swept_keys(swept_keys(list(config.hydra.overrides.task), sweeper_params))

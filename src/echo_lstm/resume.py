@@ -24,9 +24,11 @@ from typing import Any
 
 import yaml
 
-from echo_lstm.errors import ConfigError, hydra_quote
+from echo_lstm.errors import ConfigError, Finished, hydra_quote
 
 LAST = Path("checkpoints") / "last.ckpt"
+RESULT = "result.json"  # written when a run finishes: a finished run is read-only to resume= (unless limits rise)
+LIMITS = ("trainer.max_steps", "trainer.max_epochs", "trainer.max_time")
 RUNS = Path("outputs/runs")
 
 # Keys whose change does not make a different experiment: how and where the run goes on.
@@ -35,6 +37,8 @@ RESUMABLE = ("threads", "device", "device.", "trainer.max_epochs", "trainer.max_
              "checkpoint.", "figure.", "optimized_metric")
 # Command-line flags with which Hydra only shows something: no run, so no lock.
 SHOW_ONLY = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc")
+# Keys whose value is where files go: a stored one could point this app's writes (and deletions) anywhere.
+PATH_KEYS = ("run_dir", "dirpath", "save_dir", "filename", "tracking_uri", "dir", "log_dir", "default_root_dir")
 CODE_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
 
 
@@ -68,8 +72,6 @@ def resumed_argv(argv: list[str]) -> list[str]:
         return argv
     if any(a in ("-m", "--multirun") for a in argv):
         raise ConfigError("resume", value, "resumes one run; it cannot be combined with a multirun (-m)")
-    if any(a.startswith(("hydra.run.dir=", "hydra.output_subdir=")) for a in argv):
-        raise ConfigError("hydra.run.dir", "...", "is the resumed run's own dir; drop it when resuming")
     if value == "latest":
         found = latest_run()
         if found is None:
@@ -79,6 +81,12 @@ def resumed_argv(argv: list[str]) -> list[str]:
         run = Path(str(value)).expanduser()
     if not run.is_dir():
         raise ConfigError("resume", str(value), "no such run directory")
+    placed = [a for a in argv if a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
+    if placed:  # (after the resumed dir is known to exist: the right setting is blamed)
+        key, _, where = placed[-1].partition("=")
+        why = "is the resumed run's own dir" if key == "hydra.run.dir" else "is .hydra/resumed-<time> when resuming"
+        raise ConfigError(key, where, f"cannot be set with resume=: it {why}; drop it")
+    rundir.check_contents(run, "resume")  # before reading anything of it: no links, nothing but files and dirs
     hydra_dir = run / ".hydra"
     if not (hydra_dir / "overrides.yaml").is_file() or not (hydra_dir / "config.yaml").is_file():
         raise ConfigError("resume", str(value), "is not a run directory of this app (.hydra/overrides.yaml and "
@@ -92,12 +100,18 @@ def resumed_argv(argv: list[str]) -> list[str]:
         choices = OmegaConf.to_container(OmegaConf.load(hydra_yaml).hydra.runtime.choices) \
             if hydra_yaml.is_file() else {}
     except Exception as error:
-        raise ConfigError("resume", str(value), f"its .hydra files are not readable ({error})") from None
-    stored = [o for o in stored if o.split("=", 1)[0].lstrip("+~") not in ("resume", "ckpt_path")]
+        reason = " ".join(str(error).split())[:200]
+        raise ConfigError("resume", str(value), f"its .hydra files are not readable ({reason})") from None
+    # (hparams_search: a search's job holds its sampled values; resuming it runs that one job, not a new search)
+    stored = [o for o in stored if o.split("=", 1)[0].lstrip("+~") not in ("resume", "ckpt_path", "hparams_search")]
     check_stored_overrides(stored, str(run))
     new = [a for a in argv if not a.startswith("-") and a not in given]
     flags = [a for a in argv if a.startswith("-")]
     check_resumable(new, stored_cfg, choices)
+    if (run / RESULT).is_file() and not any(_parse(o, "resume").key_or_group in LIMITS for o in new):
+        raise Finished(f"{run} is a finished run (its {RESULT}): nothing to resume, it is kept as it is; to train "
+                       f"it further raise trainer.max_steps or trainer.max_epochs with resume=, or start a new run "
+                       f"from it: ckpt_path={run / LAST}")
     merged = {_parse(o, "resume").key_or_group: o for o in stored}
     merged.update({_parse(o, "resume").key_or_group: o for o in new})
     now = time.strftime("%Y-%m-%d_%H-%M-%S")
@@ -129,6 +143,8 @@ def check_stored_overrides(stored: list[str], run: str) -> None:
             raise refuse(text, "adds a key that is not in this app's schema")
         if any(code in key for code in CODE_KEYS) or key.startswith("hydra"):
             raise refuse(text, "names code or Hydra settings")
+        if key.rsplit(".", 1)[-1] in PATH_KEYS:
+            raise refuse(text, "names a path (where this app writes)")
         if key in groups:
             if override.value() not in groups[key] and override.type != OverrideType.DEL:
                 raise refuse(text, f"is not an option of the {key} group ({', '.join(groups[key])})")
@@ -188,6 +204,32 @@ REQUIRED = ("state_dict", "optimizer_states", "loops", "callbacks", "global_step
             "echo_rng_states")
 
 
+PATH_STATE = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+
+def drop_foreign_paths(ckpt: dict[str, Any], checkpoints: Path) -> None:
+    """Empty the file paths in a checkpoint's callback states (ModelCheckpoint's best-k bookkeeping, which
+    Lightning restores and later deletes) unless every one names a regular `.ckpt` file inside `checkpoints`
+    (rundir.own_file): a crafted or moved checkpoint then starts its best-k afresh instead of naming files."""
+    from echo_lstm.rundir import own_file
+
+    def own(path: Any) -> bool:
+        return isinstance(path, str) and path.endswith(".ckpt") and own_file(path, checkpoints)
+
+    states = ckpt.get("callbacks") if isinstance(ckpt, dict) else None
+    for state in (states.values() if isinstance(states, dict) else ()):
+        if not isinstance(state, dict) or not any(k in state for k in ("best_k_models", *PATH_STATE)):
+            continue
+        models = state.get("best_k_models", {})
+        paths = [state.get(k, "") for k in PATH_STATE]
+        fine = isinstance(models, dict) and all(own(p) for p in models) and all(p == "" or own(p) for p in paths) \
+            and state.get("kth_best_model_path", "") in ("", *models)
+        if not fine:
+            state["best_k_models"] = {}
+            state.update({k: "" for k in PATH_STATE})
+            state["best_model_score"] = None
+
+
 def read_checkpoint(path: Path, key: str) -> dict[str, Any]:
     """Load a checkpoint safely (weights only: no code runs) or refuse with a one-line reason."""
     import torch
@@ -216,7 +258,7 @@ def read_checkpoint(path: Path, key: str) -> dict[str, Any]:
 
 
 def check_checkpoint(ckpt: dict[str, Any], net: Any, net_config: dict[str, Any], streams: int, key: str,
-                     path: Path) -> None:
+                     path: Path, optimizer: Any = None) -> None:
     """Refuse a checkpoint that does not fit `net` (the config's network, built from `net_config`; the model holds it
     as `net`) or lacks what resuming needs. Needs torch only: a refusal comes before Lightning is imported."""
     import torch
@@ -242,9 +284,41 @@ def check_checkpoint(ckpt: dict[str, Any], net: Any, net_config: dict[str, Any],
         if not torch.is_tensor(got) or got.shape != tensor.shape:
             raise ConfigError(key, str(path), f"does not fit this network ({name} has shape "
                               f"{tuple(getattr(got, 'shape', ()))}, the config's network {tuple(tensor.shape)})")
+    if optimizer is not None:
+        check_optimizer_state(ckpt["optimizer_states"], optimizer, key, path)
     state = ckpt.get("echo_train_state")
     if state is not None:
         want = (net.layers, net.parts, streams, net.state_size) if hasattr(net, "parts") else None
         if not torch.is_tensor(state) or (want is not None and tuple(state.shape) != want):
             raise ConfigError(key, str(path), f"its carried state has shape {tuple(getattr(state, 'shape', ()))}, "
                               f"this run carries {want} ([layers, parts, streams, state_size])")
+
+
+def check_optimizer_state(states: Any, optimizer: Any, key: str, path: Path) -> None:
+    """Refuse optimizer state that does not fit the config's optimizer over `net`'s parameters (`optimizer`, built
+    for this check): loaded into it and stepped once with zero gradients, as training would, and shape-checked (a
+    misfit would otherwise fail inside Lightning with a traceback, after the run dir was written)."""
+    import torch
+
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(key, str(path), f"its optimizer state does not fit {type(optimizer).__name__} over this "
+                           f"network ({why}); use the run's own optimizer settings or start a new run")
+
+    if not isinstance(states, list) or len(states) != 1:
+        raise refuse(f"{len(states) if isinstance(states, list) else 'no'} optimizer states, this run has 1")
+    try:
+        optimizer.load_state_dict(states[0])
+    except Exception as error:
+        raise refuse(" ".join(str(error).split())[:160] or type(error).__name__) from None
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.dim() > 0 and value.shape != param.shape:
+                    raise refuse(f"{name} has shape {tuple(value.shape)}, its parameter {tuple(param.shape)}")
+            param.grad = torch.zeros_like(param)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            optimizer.step(lambda: torch.zeros(()))
+    except Exception as error:
+        raise refuse(f"a step fails: {type(error).__name__}: {' '.join(str(error).split())[:120]}") from None

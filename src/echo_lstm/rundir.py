@@ -9,6 +9,11 @@
 - When a run is refused after its dir was claimed, `release(remove=True)` removes what this process made: the
   dir if it made it, else (an empty dir the user named, or a run being resumed) only the files it added, and
   the run's log is cut back to its length before this process.
+- A run dir is data, never instructions: an existing one (a resume, a requeued job) is refused if it holds a
+  symlink that leads outside it, anything but plain files and dirs, or a top-level file with other hard links
+  (`check_contents`), so no write of this app lands outside it. Writes go through `write_file` (atomic, never
+  through a link) and deletions of checkpoints through `own_file` (a regular file inside the dir, reached without
+  a link).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import errno
 import os
 import shutil
 import socket
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +30,8 @@ from pathlib import Path
 from echo_lstm.errors import ConfigError
 
 LOCK = ".lock"
+HPC = "hpc_ckpt_*.ckpt"  # what Lightning saves on SLURM's pre-emption signal before the job is requeued
+SLURM_JOB = ".slurm_job_id"  # the SLURM job that made the dir (only it continues from an hpc checkpoint)
 
 
 @dataclass
@@ -64,10 +72,98 @@ class Claim:
 
 def _truncate(path: Path, size: int) -> None:
     try:
-        if path.stat().st_size > size:
-            os.truncate(path, size)
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        if os.fstat(fd).st_size > size:
+            os.ftruncate(fd, size)
     except OSError:
         pass
+    finally:
+        os.close(fd)
+
+
+def write_file(path: Path, data: str | bytes) -> None:
+    """Write `path` atomically (a temporary file beside it, fsynced, renamed over it), never through a symlink: a
+    link planted at `path` or at the temporary name is replaced, its target untouched. Raises OSError."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    data = data.encode() if isinstance(data, str) else data
+    fd = open_new(tmp)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def open_new(path: Path) -> int:
+    """A new file at `path` for writing (O_EXCL, O_NOFOLLOW); a stale one of ours (a killed write) is unlinked
+    first: unlinking a name never touches what a link points to."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    try:
+        return os.open(path, flags, 0o644)
+    except FileExistsError:
+        os.unlink(path)
+        return os.open(path, flags, 0o644)
+
+
+def own_file(path: str | Path, root: Path) -> bool:
+    """Whether `path` names a regular file under `root`, with no `..` and no symlink on the way: the only kind of
+    path (read from a checkpoint, say) that this app may delete or replace."""
+    text = os.fspath(path)
+    if not text or ".." in Path(text).parts:
+        return False
+    full = Path(os.path.abspath(text))
+    for base in {Path(os.path.abspath(root)), Path(os.path.realpath(root))}:
+        try:
+            rel = full.relative_to(base)
+        except ValueError:
+            continue
+        node, mode = base, 0
+        try:
+            if stat.S_ISLNK(os.lstat(base).st_mode):
+                return False
+            for part in rel.parts:
+                node = node / part
+                mode = os.lstat(node).st_mode
+                if stat.S_ISLNK(mode):
+                    return False
+        except OSError:
+            return False
+        return bool(rel.parts) and stat.S_ISREG(mode)
+    return False
+
+
+def check_contents(path: Path, key: str) -> None:
+    """Refuse an existing run dir that could turn this app's writes against the user: a symlink in it that leads
+    outside it (a log or result appended or rewritten wherever it points), anything but plain files, dirs and such
+    links, or a top-level file with other hard links (rewritten in place: train.log, .lock, hparams.yaml)."""
+    def refuse(rel: str, what: str) -> ConfigError:
+        return ConfigError(key, str(path), f"holds {rel!r}, {what}: a run dir's files are never followed or "
+                           "shared; copy the run without links (cp -rL) and use the copy")
+
+    if stat.S_ISLNK(os.lstat(path).st_mode):
+        raise ConfigError(key, str(path), "is a symlink: name the run dir itself")
+    inside = os.path.realpath(path) + os.sep
+    for top, dirs, files in os.walk(path, followlinks=False):
+        for name in dirs + files:
+            full = os.path.join(top, name)
+            rel = os.path.relpath(full, path)
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):  # (one within the dir is harmless: W&B's wandb/latest-run)
+                if not os.path.realpath(full).startswith(inside):
+                    raise refuse(rel, "a symlink to outside the run dir")
+                continue
+            if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                raise refuse(rel, "which is not a regular file or directory")
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and top == os.fspath(path):
+                raise refuse(rel, f"a file with {st.st_nlink - 1} other hard link(s)")
 
 
 def _os_error(key: str, path: Path, error: OSError) -> ConfigError:
@@ -78,7 +174,7 @@ def _os_error(key: str, path: Path, error: OSError) -> ConfigError:
 def claim_new(path: Path, key: str, unique: bool, hint: str = " (to continue the run in it: resume=<dir>)") -> Claim:
     """Make `path` for a new run and lock it. `unique`: the name is the app's default, so an existing one gets a
     suffix; else an existing dir must be empty. Raises ConfigError with the reason when that cannot be done."""
-    path = Path(path)
+    path = Path(os.path.abspath(path))  # absolute: the run goes on if its cwd is deleted under it
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -105,6 +201,8 @@ def claim_new(path: Path, key: str, unique: bool, hint: str = " (to continue the
 
 def claim_existing(path: Path, key: str, appends: tuple[str, ...] = ()) -> Claim:
     """Lock an existing run dir (a resume), recording what is in it and the sizes of `appends` (logs)."""
+    path = Path(os.path.abspath(path))
+    check_contents(path, key)
     claim = Claim(path, created=False, existed={p.name for p in path.iterdir()})
     claim.log_sizes = {name: (path / name).stat().st_size for name in appends if (path / name).is_file()}
     return lock(claim, key)
@@ -116,7 +214,7 @@ def lock(claim: Claim, key: str) -> Claim:
 
     path = claim.path / LOCK
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as error:
         claim.release(remove=True)
         raise _os_error(key, claim.path, error) from None
@@ -135,6 +233,42 @@ def lock(claim: Claim, key: str) -> Claim:
     return claim
 
 
+def requeued_slurm_job(run_dir: Path) -> bool:
+    """A requeued SLURM job re-runs in its dir, which holds the hpc checkpoint Lightning saved before."""
+    job = os.environ.get("SLURM_JOB_ID")
+    marker = run_dir / SLURM_JOB
+    return bool(job) and marker.is_file() and marker.read_text().strip() == job and any(run_dir.glob(HPC))
+
+
+def safe_subdir(value: object, key: str) -> str:
+    """A dir name inside the run (or sweep) dir: relative, without `..`, not the dir itself."""
+    text = str(value)
+    parts = Path(text).parts
+    if not text or Path(text).is_absolute() or ".." in parts or all(p == "." for p in parts):
+        raise ConfigError(key, text, "must be a relative path inside its dir, without '..' (nothing of a run is "
+                          "written outside its dir)")
+    return text
+
+
+def claimed_job_dir(subdir: object, *, _root_: object) -> str:
+    """Resolver wrapped around `hydra.sweep.subdir` (preflight): Hydra resolves it for each job right before it
+    makes the job's dir and writes into it, so the job dir is claimed and locked here exactly like a run dir: a
+    new or empty dir (two jobs with one subdir: the second is refused), inside the sweep dir, held while the job
+    runs (train.py releases it)."""
+    from omegaconf import OmegaConf
+
+    name = safe_subdir(subdir, "hydra.sweep.subdir")
+    path = Path(os.path.abspath(os.path.join(str(OmegaConf.select(_root_, "hydra.sweep.dir")), name)))
+    if str(path) not in jobs:  # (resolved more than once per job: claimed once)
+        if requeued_slurm_job(path):  # a job SLURM requeued continues in its own dir (its hpc checkpoint)
+            jobs[str(path)] = claim_existing(path, "hydra.sweep.subdir", appends=("train.log",))
+        else:
+            jobs[str(path)] = claim_new(path, "hydra.sweep.subdir", unique=False, hint=": each job needs its own "
+                                        "dir (hydra.sweep.subdir must differ per job, e.g. hold ${hydra.job.num})")
+    return name
+
+
 # The claims of this process, made before Hydra writes into the dirs (preflight, resume); read on a refusal.
 current: Claim | None = None  # the run's dir
 sweep: Claim | None = None  # a multirun's sweep dir
+jobs: dict[str, Claim] = {}  # a multirun's job dirs claimed in this process (by path), until each job ends

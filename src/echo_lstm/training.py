@@ -21,18 +21,19 @@ from echo_lstm import metrics as registry
 from echo_lstm.errors import (
     ConfigError,
     Diverged,
+    Finished,
     ProcessDied,
     Raw,
     Stopped,
     command,
     disk_error,
     hydra_quote,
+    relpath,
     signal_name,
 )
+from echo_lstm.rundir import HPC, SLURM_JOB
 
 log = logging.getLogger("echo_lstm.run")
-HPC = "hpc_ckpt_*.ckpt"  # what Lightning saves on SLURM's pre-emption signal before the job is requeued
-SLURM_JOB = ".slurm_job_id"
 
 
 def quiet_libraries() -> None:
@@ -93,7 +94,9 @@ class RunResult:
 
         data = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
         data["metrics"] = {k: (v if math.isfinite(v) else str(v)) for k, v in self.metrics.items()}
-        (self.run_dir / "result.json").write_text(json.dumps(data, indent=1) + "\n")
+        from echo_lstm.rundir import write_file
+
+        write_file(self.run_dir / "result.json", json.dumps(data, indent=1) + "\n")  # atomic, never through a link
 
 
 @dataclass
@@ -134,7 +137,12 @@ def starting_point(cfg: DictConfig, run_dir: Path) -> Start:
 
     ckpt = read_checkpoint(path, key)
     net_config = OmegaConf.to_container(cfg.model.net, resolve=True)
-    check_checkpoint(ckpt, instantiate(net_config), net_config, cfg.data.batch_size, key, path)
+    net = instantiate(net_config)
+    try:  # a throwaway optimizer over a throwaway network, to check the checkpoint's state (a bad one: built() says)
+        optimizer = instantiate(OmegaConf.to_container(cfg.optimizer, resolve=True))(net.parameters())
+    except Exception:
+        optimizer = None
+    check_checkpoint(ckpt, net, net_config, cfg.data.batch_size, key, path, optimizer)
     return Start(path, int(ckpt.get("global_step", 0)), int(ckpt.get("epoch", 0)), in_place)
 
 
@@ -217,24 +225,28 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
     try:
         trainer = pl.Trainer(**device, **args, logger=loggers or False, callbacks=callbacks,
                              default_root_dir=str(run_dir), use_distributed_sampler=False,
-                             plugins=[AtomicCheckpointIO()])  # atomic checkpoint writes
+                             plugins=[AtomicCheckpointIO(run_dir / "checkpoints")])  # see callbacks/checkpoint.py
     except (MisconfigurationException, ValueError, TypeError) as error:
         raise trainer_refusal(error, cfg) from None
     if os.environ.get("SLURM_JOB_ID") and trainer.is_global_zero:
-        (run_dir / SLURM_JOB).write_text(os.environ["SLURM_JOB_ID"] + "\n")
+        from echo_lstm.rundir import write_file
+
+        write_file(run_dir / SLURM_JOB, os.environ["SLURM_JOB_ID"] + "\n")
     if trainer.is_global_zero:
         if not start.in_place:  # a resumed run has them already
             log_hparams(trainer.loggers, cfg, registry.HPARAMS)
         if start.in_place:
-            say(f"echo-lstm: continuing {os.path.relpath(run_dir)} from step {start.step} (epoch {start.epoch})")
+            say(f"echo-lstm: continuing {relpath(run_dir)} from step {start.step} (epoch {start.epoch})")
         elif start.path is not None:
-            say(f"echo-lstm: a new run from {os.path.relpath(start.path)} (step {start.step})")
+            say(f"echo-lstm: a new run from {relpath(start.path)} (step {start.step})")
     with distributed.job_scope() as ranks:
         ranks.start(trainer, run_dir, cfg.device.strategy)
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=start.path and str(start.path))
         except StopRequested as stop:
-            note = f"{checkpoint_note(run_dir)}. Continue with: {resume_command(run_dir)}"
+            note = checkpoint_note(run_dir)
+            if (run_dir / "checkpoints" / "last.ckpt").is_file():  # else nothing is kept to continue from
+                note += f". Continue with: {resume_command(run_dir)}"
             raise Stopped(stop.signum, f"stopped by {signal_name(stop.signum)} at step {trainer.global_step}; {note}") \
                 from None
         except Diverged as error:
@@ -245,6 +257,11 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
                 raise ProcessDied(f"{ranks.death()}; the run stopped at about step {trainer.global_step}. {note}") \
                     from None
             raise
+    if start.in_place and trainer.global_step == start.step:  # a resumed run that had ended: nothing trained
+        if (run_dir / "result.json").is_file():  # its results stand; nothing of it changes
+            raise Finished(f"{relpath(run_dir)} has nothing left to train at step {start.step} with these limits "
+                           "(raise trainer.max_steps or trainer.max_epochs): nothing was changed")
+        trainer.validate(model, datamodule=datamodule, verbose=False)  # killed before its result.json: recover it
     result = summarize(trainer, model, cfg, start, time.perf_counter() - started, run_dir)
     if start.path is not None and trainer.global_step == start.step and not result.metrics.get("val/acc"):
         result.stop_reason = "already complete"
@@ -266,7 +283,7 @@ def batches_per_epoch(args: dict[str, Any], datamodule: Any) -> int:
 
 def resume_command(run_dir: Path) -> str:
     """The command that continues this run, ready to paste into a shell (any path: shell- and Hydra-quoted)."""
-    return command("python", "train.py", "resume=" + hydra_quote(os.path.relpath(run_dir)))
+    return command("python", "train.py", "resume=" + hydra_quote(relpath(run_dir)))
 
 
 def checkpoint_note(run_dir: Path) -> str:
@@ -282,7 +299,7 @@ def checkpoint_note(run_dir: Path) -> str:
         step = torch.load(last, map_location="cpu", weights_only=True).get("global_step", "?")
     except Exception:
         step = "?"
-    return f"the last good checkpoint ({os.path.relpath(last)}, step {step}) is kept"
+    return f"the last good checkpoint ({relpath(last)}, step {step}) is kept"
 
 
 def drop_disabled(callbacks: list[Any], args: dict[str, Any]) -> list[Any]:
@@ -372,12 +389,12 @@ def summary_lines(result: RunResult, cfg: DictConfig) -> list[str]:
                f"{cfg.target_acc})")
     shown = ", ".join(f"{k} {result.metrics[k]:.4f}" for k in ("val/loss", "val/acc", "val/boundary_acc",
                                                                  "train/boundary_acc") if k in result.metrics)
-    rel = os.path.relpath(result.run_dir)
+    rel = relpath(result.run_dir)
     lines = ["", f"echo-lstm: {learned}; stopped at step {result.step} in epoch {result.epoch} "
                  f"({result.stop_reason}), after {result.seconds:.1f} s",
              f"  final: {shown}", *[f"  note: {n}" for n in result.notes], f"  run dir: {rel}"]
     if result.best:
-        lines.append(f"  best checkpoint: {os.path.relpath(result.best)}")
+        lines.append(f"  best checkpoint: {relpath(result.best)}")
     lines.append(f"  view: {command('tensorboard', '--logdir', rel)}")
     return lines
 

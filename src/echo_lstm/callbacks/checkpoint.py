@@ -12,6 +12,10 @@ loggers are flushed first, so what a resume starts from is on disk before the ch
 What a checkpoint holds, all of it needed to continue exactly: Lightning's own (weights, optimizer state, loop
 progress, callback states, the train loader's position) and the model's (every stream's carried state, every
 process's RNG state). Only tensors and plain Python data: it loads with `torch.load(..., weights_only=True)`.
+
+A checkpoint is data, never instructions: Lightning restores ModelCheckpoint's paths (`best_k_models`, ...) from
+it and later deletes the files they name, so `AtomicCheckpointIO` drops foreign paths when loading
+(resume.drop_foreign_paths) and deletes only a regular file inside the run's checkpoints dir (rundir.own_file).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from echo_lstm import compat
+from echo_lstm import compat, rundir
 from echo_lstm.errors import WriteFailed
 
 
@@ -42,7 +46,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     existed = path.exists()
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(rundir.open_new(tmp), "wb") as f:  # never through a link planted at the temp name
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
@@ -54,10 +58,31 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's checkpoint IO with atomic saves (every checkpoint of a run: last and best-k)."""
+    """Lightning's checkpoint IO for every checkpoint of a run (last and best-k): atomic saves, loads with
+    `weights_only=True` minus foreign callback paths, and deletions only of this run's checkpoint files."""
+
+    def __init__(self, checkpoints: Path | None = None):
+        super().__init__()
+        self.checkpoints = Path(checkpoints) if checkpoints is not None else None  # <run dir>/checkpoints
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         atomic_torch_save(checkpoint, Path(path))
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Any = None) -> dict[str, Any]:
+        import torch
+
+        from echo_lstm.resume import drop_foreign_paths
+
+        where = map_location if map_location is not None else (lambda storage, loc: storage)  # as Lightning's
+        checkpoint = torch.load(path, map_location=where, weights_only=True)
+        if self.checkpoints is not None:
+            drop_foreign_paths(checkpoint, self.checkpoints)
+        return checkpoint
+
+    def remove_checkpoint(self, path: Any) -> None:
+        # Lightning's removes recursively whatever it is given; here only a regular .ckpt file of this run's dir.
+        if self.checkpoints is not None and str(path).endswith(".ckpt") and rundir.own_file(path, self.checkpoints):
+            os.unlink(path)
 
 
 def is_final_batch(trainer: pl.Trainer) -> bool:
@@ -79,6 +104,10 @@ class LastCheckpoint(Checkpoint):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.saved_step = trainer.global_step  # resumed: that step is saved already
+        if trainer.is_global_zero and self.path.parent.is_dir():  # the temp files of saves that were killed
+            for stale in self.path.parent.glob(".*.tmp-*"):  # (the run's lock: no other process writes here)
+                if not stale.name.endswith(f".tmp-{os.getpid()}") and rundir.own_file(stale, self.path.parent):
+                    stale.unlink()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         n, step = self.every_n_steps, trainer.global_step

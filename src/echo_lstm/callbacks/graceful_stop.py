@@ -1,4 +1,4 @@
-"""Ctrl-C (SIGINT) or SIGTERM: finish the current block of chunks, save `last.ckpt` at that step, stop."""
+"""Ctrl-C (SIGINT), SIGTERM or SIGHUP: finish the current block of chunks, save `last.ckpt` at that step, stop."""
 
 from __future__ import annotations
 
@@ -10,6 +10,17 @@ from typing import Any
 import pytorch_lightning as pl
 
 from echo_lstm.callbacks.checkpoint import LastCheckpoint
+from echo_lstm.sweeps.stop import requested as sweep_stopped
+
+
+def sweep_dir() -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        hc = HydraConfig.get()
+        return str(hc.sweep.dir) if str(hc.mode).upper().endswith("MULTIRUN") else None
+    except Exception:  # not a Hydra app (the Python API, tests)
+        return None
 
 
 class StopRequested(Exception):
@@ -31,6 +42,7 @@ class GracefulStop(pl.Callback):
         self.signal: int | None = None
         self._stop_at_next_batch: int | None = None
         self._previous: dict[int, Any] = {}
+        self._sweep_dir: str | None = None  # in a sweep: where its stop is requested
 
     def _request(self, signum: int, frame: Any) -> None:
         if self.signal is not None and signum == signal.SIGINT:
@@ -41,13 +53,17 @@ class GracefulStop(pl.Callback):
         # From the start of fit: a Ctrl-C before the first batch is a stop like any other (Lightning would catch
         # its KeyboardInterrupt and exit on its own).
         self._take_signals()
+        self._sweep_dir = sweep_dir()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._take_signals()  # again: Lightning installs its own SIGTERM handler between setup and here
+        stopped = sweep_stopped(self._sweep_dir)
+        if stopped is not None:  # the sweep was stopped while this job was starting: train nothing
+            raise StopRequested(stopped)
 
     def _take_signals(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
                 previous = signal.signal(sig, self._request)
                 self._previous.setdefault(sig, previous)
 
@@ -60,7 +76,7 @@ class GracefulStop(pl.Callback):
         self.on_train_end(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        requested = self.signal
+        requested = self.signal or sweep_stopped(self._sweep_dir)  # a sweep's stop: sweeps/stop.py
         if trainer.world_size > 1:
             import torch
 

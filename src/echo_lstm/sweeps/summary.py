@@ -35,6 +35,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from echo_lstm import metrics as registry
+from echo_lstm.errors import command, hydra_quote, relpath, signal_name
 from echo_lstm.sweeps.naming import job_values, split_override
 
 RECORDS = ".jobs"
@@ -61,7 +62,21 @@ class JobResult(float):
 
     @classmethod
     def failed(cls, reason: str, exit_code: int) -> JobResult:
-        return cls(math.nan, status="failed", reason=reason, exit_code=exit_code)
+        return cls(failed_value(), status="failed", reason=reason, exit_code=exit_code)
+
+
+def failed_value() -> float:
+    """What a failed job returns to the sweeper: NaN, but for Optuna the worst value of its direction, which it
+    takes (a NaN makes hydra-optuna-sweeper tell the trial twice and abort the whole search)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        sweeper = HydraConfig.get().sweeper if HydraConfig.initialized() else None
+    except Exception:
+        sweeper = None
+    if sweeper is None or "Optuna" not in str(sweeper.get("_target_", "")):
+        return math.nan
+    return -math.inf if str(sweeper.get("direction", "minimize")).lower().endswith("maximize") else math.inf
 
 
 @dataclass
@@ -190,7 +205,7 @@ class Summary:
                  f"then by fewer {registry.STEPS_TO_ECHO}.")
         if self.common:
             title += " Common overrides: " + " ".join(f"{k}={v}" for k, v in self.common.items()) + "."
-        title += f" TensorBoard: `tensorboard --logdir {os.path.relpath(sweep_dir)}`."
+        title += f" TensorBoard: `tensorboard --logdir {relpath(sweep_dir)}`."
         image = "\n\n![the optimized metric and steps to echo against the swept values](summary.png)" if picture else ""
         return f"{title}\n\n{table}{image}\n"
 
@@ -211,14 +226,41 @@ class SweepSummary(Callback):
         atexit.register(self._at_exit)  # a job that raised ends the sweep by re-raising its exception
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from echo_lstm.sweeps import stop
+
         self._sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         failed = self._report()
+        signum = stop.requested(self._sweep_dir)
+        if signum is not None:
+            self.end_stopped(self._sweep_dir, signum)
         if failed:  # one line and an exit code, as for a single run (the reasons are in the table above)
             first = failed[0]
             label = " ".join(job_values(first.overrides)) or "defaults"
             print(f"error: {len(failed)} of {len(self._records())} jobs failed (summary.md has every reason); "
                   f"job {first.job} ({label}): {first.reason}", file=sys.stderr, flush=True)
             raise SystemExit(first.exit_code or 1)
+
+    @classmethod
+    def end_stopped(cls, sweep_dir: Path, signum: int) -> None:
+        """A sweep stopped by Ctrl-C / SIGTERM (sweeps/stop.py): the summary, and what was kept and how to go on,
+        truthfully (the job dirs that hold a checkpoint); exits with the stop's code."""
+        sweep_dir = Path(sweep_dir).resolve()
+        if not sweep_dir.is_dir():  # no job had trained: the sweep left nothing
+            print(f"stopped by {signal_name(signum)}; nothing was kept", file=sys.stderr, flush=True)
+            raise SystemExit(128 + signum)
+        with contextlib.suppress(Exception), file_lock(sweep_dir / RECORDS / "lock"):
+            cls().write_summary(sweep_dir)
+        records = {r.job: r for r in cls.read_records(sweep_dir)}
+        kept = sorted(p.parent.parent for p in sweep_dir.glob("*/checkpoints/last.ckpt"))
+        done = sum(r.status == "completed" for r in records.values())
+        stopped = [p for p in kept if not any(r.status == "completed" and r.run == p.name for r in records.values())]
+        go_on = "; continue with: " + "; ".join(
+            command("python", "train.py", f"resume={hydra_quote(relpath(p))}") for p in stopped) if stopped else ""
+        waiting = sum(r.status == "not started" for r in records.values())
+        print(f"stopped by {signal_name(signum)}: {done} of {len(records)} jobs finished, {len(stopped)} stopped "
+              f"with a checkpoint kept, {waiting} not started (summary.md lists them){go_on}",
+              file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         if is_multirun(config):
@@ -243,7 +285,7 @@ class SweepSummary(Callback):
         run_dir = Path(str(config.hydra.runtime.output_dir))
         metric = str(config.get("optimized_metric", ""))
         record = JobRecord(job=num, status="completed", overrides=list(job_return.overrides or []),
-                           run=os.path.relpath(run_dir, Path(str(config.hydra.sweep.dir))) if run_dir.is_dir() else "",
+                           run=relpath(run_dir, Path(str(config.hydra.sweep.dir))) if run_dir.is_dir() else "",
                            optimized_metric=metric, direction=direction_of(config, metric),
                            seconds=round(time.time() - self._started.pop(num, time.time()), 2))
         if job_return.status == JobStatus.COMPLETED:
@@ -310,7 +352,7 @@ class SweepSummary(Callback):
         with file_lock(self._sweep_dir / RECORDS / "lock"):
             text = self.write_summary(self._sweep_dir, picture=True)
         if self.print_table and text:
-            where = os.path.relpath(self._sweep_dir)
+            where = relpath(self._sweep_dir)
             print(f"\nSweep summary ({where}/summary.md, .csv, .png): {text}", flush=True)
         return [r for r in ranked(self._records()) if r.status != "completed"]
 
