@@ -25,7 +25,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from echo_lstm import cli, rundir  # noqa: E402
 from echo_lstm.config import register_configs, validate  # noqa: E402
-from echo_lstm.distributed import is_launched_rank  # noqa: E402
+from echo_lstm.distributed import RANK_OVERRIDES, is_launched_rank, is_secondary_rank  # noqa: E402
 from echo_lstm.errors import LEAVES_NOTHING, ConfigError, EchoError, Stopped, report  # noqa: E402
 
 register_configs()
@@ -37,7 +37,7 @@ def main(cfg: DictConfig) -> float:
     from echo_lstm.sweeps.summary import JobResult
 
     distributed.entry_script = Path(__file__).resolve()  # what a DDP rank runs
-    multirun, speaker = cli.is_multirun(), not is_launched_rank()
+    multirun, speaker = cli.is_multirun(), not is_secondary_rank()
     try:
         for warning in validate(cfg):
             if speaker:
@@ -58,7 +58,11 @@ def main(cfg: DictConfig) -> float:
         if multirun and isinstance(error, ConfigError):  # a refused job: its dir lies in the claimed sweep dir
             from hydra.core.hydra_config import HydraConfig
 
-            shutil.rmtree(HydraConfig.get().runtime.output_dir, ignore_errors=True)
+            from echo_lstm.training import SLURM_JOB
+
+            job_dir = Path(HydraConfig.get().runtime.output_dir)
+            if speaker and not (job_dir / SLURM_JOB).exists():  # (a requeued SLURM job's dir holds its run: kept)
+                shutil.rmtree(job_dir, ignore_errors=True)
         elif not multirun and isinstance(error, LEAVES_NOTHING):
             release_claim()  # only what this run made, and nothing once it has written a checkpoint
         if multirun and not isinstance(error, Stopped):  # the job fails; the sweep goes on
@@ -69,12 +73,16 @@ def main(cfg: DictConfig) -> float:
 
 def release_claim() -> None:
     """A refusal or a Ctrl-C before training: remove what this process added to its run dir."""
-    if rundir.current is not None and not is_launched_rank():
+    if rundir.current is not None and not is_secondary_rank():
         rundir.current.release(remove=True)
 
 
 if __name__ == "__main__":
     from echo_lstm.resume import resumed_argv
 
-    cli.run(main, sys.argv[1:], prepare=None if is_launched_rank() else resumed_argv, on_failure=release_claim,
+    def secondary_argv(argv: list[str]) -> list[str]:  # a rank > 0 that srun started: no Hydra files, no log
+        return [*argv, *(o for o in RANK_OVERRIDES if o != "hydra.mode=RUN")]
+
+    prepare = None if is_launched_rank() else secondary_argv if is_secondary_rank() else resumed_argv
+    cli.run(main, sys.argv[1:], prepare=prepare, on_failure=release_claim,
             about=__doc__.strip().splitlines()[0] + " See README.md.")

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from echo_lstm import rundir
 from echo_lstm.config import validate
-from echo_lstm.distributed import is_launched_rank
+from echo_lstm.distributed import is_launched_rank, is_secondary_rank
 from echo_lstm.errors import ConfigError, hydra_quote, report
 from echo_lstm.loggers import check_available
 from echo_lstm.sweeps.naming import record_swept_keys, swept_keys
@@ -30,12 +30,12 @@ def user_set(config: DictConfig, key: str) -> bool:
 
 
 def requeued_slurm_job(run_dir: Path) -> bool:
-    """A requeued SLURM job re-runs in its dir, which holds the hpc checkpoint Lightning saved before."""
-    from echo_lstm.training import HPC, SLURM_JOB
+    """A requeued SLURM job re-runs in its dir, which it marked with its job id (training.SLURM_JOB)."""
+    from echo_lstm.training import SLURM_JOB
 
     job = os.environ.get("SLURM_JOB_ID")
     marker = run_dir / SLURM_JOB
-    return bool(job) and marker.is_file() and marker.read_text().strip() == job and any(run_dir.glob(HPC))
+    return bool(job) and marker.is_file() and marker.read_text().strip() == job
 
 
 def claim_run_dir(config: DictConfig, claim: rundir.Claim | None = None,
@@ -54,6 +54,12 @@ class Preflight(Callback):
         if is_launched_rank():
             return  # a DDP rank started by rank 0, which has checked and claimed everything
         try:
+            tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
+            if tasks > 1 and not user_set(config, "hydra.run.dir"):  # every task would pick its own time stamp
+                raise ConfigError("hydra.run.dir", config.hydra.run.dir, f"must be named when srun starts {tasks} "
+                                  "tasks of one run, e.g. hydra.run.dir='outputs/runs/slurm-${oc.env:SLURM_JOB_ID}'")
+            if is_secondary_rank():
+                return  # rank 0 checks and claims
             validate(config)
             check_available(config)
             if rundir.current is None:  # (a resume claimed its dir before Hydra composed)
@@ -62,7 +68,7 @@ class Preflight(Callback):
                 claim_run_dir(config, rundir.claim_existing(path, "hydra.run.dir", appends=("train.log",))
                               if requeued else None)
         except ConfigError as error:
-            sys.exit(report(error))
+            sys.exit(report(error, quiet=is_secondary_rank()))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:

@@ -31,8 +31,7 @@ from echo_lstm.errors import (
 )
 
 log = logging.getLogger("echo_lstm.run")
-HPC = "hpc_ckpt_*.ckpt"  # what Lightning saves on SLURM's pre-emption signal before the job is requeued
-SLURM_JOB = ".slurm_job_id"
+SLURM_JOB = ".slurm_job_id"  # the SLURM job whose run this dir holds: its requeued self continues it
 
 
 def quiet_libraries() -> None:
@@ -110,22 +109,23 @@ def starting_point(cfg: DictConfig, run_dir: Path) -> Start:
     """The checkpoint to start from, checked against the config.
 
     `resume=<run dir>` continues that run from its `last.ckpt`; a requeued SLURM job continues from the
-    `hpc_ckpt_<n>.ckpt` that Lightning saved in its run dir (only the same job's: a stray one is refused);
-    `ckpt_path=<file>` starts a new run from that checkpoint.
+    `last.ckpt` in its own run dir (only the job that marked the dir does: another job's is refused, as is a
+    requeued job whose checkpoint is missing); `ckpt_path=<file>` starts a new run from that checkpoint.
     """
     from echo_lstm.resume import LAST, check_checkpoint, read_checkpoint
 
-    hpc = sorted(run_dir.glob(HPC), key=lambda p: int(p.stem.rsplit("_", 1)[-1]))
-    if hpc and cfg.resume is None:
+    if cfg.resume is not None:
+        key, path, in_place = "resume", run_dir / LAST, True
+    elif (run_dir / SLURM_JOB).is_file() or (run_dir / LAST).is_file():
         job = os.environ.get("SLURM_JOB_ID")
         owner = (run_dir / SLURM_JOB).read_text().strip() if (run_dir / SLURM_JOB).is_file() else None
         if job is None or job != owner:
-            raise ConfigError("hydra.run.dir", str(run_dir), f"holds {hpc[-1].name}, which only the SLURM job that "
-                              f"saved it ({owner or 'unknown'}) continues; this is {job or 'not a SLURM job'}")
-    if cfg.resume is not None:
-        key, path, in_place = "resume", run_dir / LAST, True
-    elif hpc:
-        key, path, in_place = "hpc_ckpt", hpc[-1], True
+            raise ConfigError("hydra.run.dir", str(run_dir), f"holds the run of SLURM job {owner or '(unknown)'}, "
+                              f"which only that job continues; this is {f'job {job}' if job else 'not a SLURM job'}")
+        if not (run_dir / LAST).is_file():
+            raise ConfigError("hydra.run.dir", str(run_dir), f"SLURM job {job} was requeued, but its checkpoint "
+                              f"{LAST} is missing: nothing to continue from (submit it again into a new dir)")
+        key, path, in_place = "hydra.run.dir", run_dir / LAST, True
     elif cfg.ckpt_path is not None:
         key, path, in_place = "ckpt_path", Path(str(cfg.ckpt_path)), False
     else:
@@ -214,10 +214,16 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
         args["enable_checkpointing"] = False  # no checkpoint callback configured: none of Lightning's either
     if isinstance(args.get("val_check_interval"), int):  # fewer batches than that: once per epoch (warned)
         args["val_check_interval"] = min(args["val_check_interval"], batches_per_epoch(args, datamodule))
+    plugins: list[Any] = [AtomicCheckpointIO()]  # atomic checkpoint writes
+    from pytorch_lightning.plugins.environments import SLURMEnvironment
+
+    if SLURMEnvironment.detect():
+        # Lightning's own SLURM requeue saves `hpc_ckpt_<n>.ckpt` inside a block of chunks, which cannot be
+        # continued exactly: off. The stop at a block boundary and the requeue are callbacks/graceful_stop.py's.
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     try:
         trainer = pl.Trainer(**device, **args, logger=loggers or False, callbacks=callbacks,
-                             default_root_dir=str(run_dir), use_distributed_sampler=False,
-                             plugins=[AtomicCheckpointIO()])  # atomic checkpoint writes
+                             default_root_dir=str(run_dir), use_distributed_sampler=False, plugins=plugins)
     except (MisconfigurationException, ValueError, TypeError) as error:
         raise trainer_refusal(error, cfg) from None
     if os.environ.get("SLURM_JOB_ID") and trainer.is_global_zero:
@@ -234,9 +240,7 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=start.path and str(start.path))
         except StopRequested as stop:
-            note = f"{checkpoint_note(run_dir)}. Continue with: {resume_command(run_dir)}"
-            raise Stopped(stop.signum, f"stopped by {signal_name(stop.signum)} at step {trainer.global_step}; {note}") \
-                from None
+            raise stopped(stop.signum, trainer, run_dir) from None
         except Diverged as error:
             raise Diverged(error.step, error.what, checkpoint_note(run_dir)) from None
         except Exception:
@@ -251,6 +255,26 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
     if trainer.is_global_zero:
         result.write()
     return result
+
+
+def stopped(signum: int, trainer: Any, run_dir: Path) -> Stopped:
+    """A requested stop, saved at a block boundary; a SLURM job's pre-emption warning requeues it too."""
+    from echo_lstm import slurm
+    from echo_lstm.resume import LAST
+
+    step = trainer.global_step
+    if signum in slurm.REQUEUE_SIGNALS and slurm.in_slurm_job():
+        failed = slurm.requeue() if trainer.is_global_zero else None
+        if failed is None:
+            job = os.environ["SLURM_JOB_ID"]
+            line = (f"requeued by {signal_name(signum)} at step {step}: SLURM job {job} continues from "
+                    f"{os.path.relpath(run_dir / LAST)} (step {step}) when it starts again")
+            if trainer.is_global_zero:
+                log.info(line)
+            return Stopped(signum, line)
+        log.info(f"could not requeue SLURM job {os.environ['SLURM_JOB_ID']}: {failed}")
+    note = f"{checkpoint_note(run_dir)}. Continue with: {resume_command(run_dir)}"
+    return Stopped(signum, f"stopped by {signal_name(signum)} at step {step}; {note}")
 
 
 def batches_per_epoch(args: dict[str, Any], datamodule: Any) -> int:

@@ -1,4 +1,5 @@
-"""Ctrl-C (SIGINT) or SIGTERM: finish the current block of chunks, save `last.ckpt` at that step, stop."""
+"""Ctrl-C (SIGINT) or SIGTERM, and in a SLURM job SIGUSR1/SIGUSR2 (the pre-emption and time-limit warnings):
+finish the current block of chunks, save `last.ckpt` at that step, stop (training.py then requeues a SLURM job)."""
 
 from __future__ import annotations
 
@@ -47,7 +48,8 @@ class GracefulStop(pl.Callback):
 
     def _take_signals(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            slurm = (signal.SIGUSR1, signal.SIGUSR2) if os.environ.get("SLURM_JOB_ID") else ()
+            for sig in (signal.SIGINT, signal.SIGTERM, *slurm):
                 previous = signal.signal(sig, self._request)
                 self._previous.setdefault(sig, previous)
 
