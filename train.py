@@ -72,9 +72,16 @@ def main(cfg: DictConfig) -> float:
 
 
 def release_claim() -> None:
-    """A refusal or a Ctrl-C before training: remove what this process added to its run dir."""
-    if rundir.current is not None and not is_secondary_rank():
+    """A refusal or a Ctrl-C before training: remove what this process added to its run dir, and a sweep dir that
+    no job has used yet (a launcher that refused its settings: nothing was submitted)."""
+    if is_secondary_rank():
+        return
+    if rundir.current is not None:
         rundir.current.release(remove=True)
+    sweep = rundir.sweep
+    if sweep is not None and sweep.path.is_dir():
+        unused = {p.name for p in sweep.path.iterdir()} <= {rundir.LOCK, "multirun.yaml", ".submitit"}
+        sweep.release(remove=unused)
 
 
 if __name__ == "__main__":

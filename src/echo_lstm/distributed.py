@@ -123,8 +123,9 @@ class Ranks:
         if env.main_address in ("127.0.0.1", "localhost") and trainer.num_nodes == 1:
             shared["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
         os.environ.update({k: v for k, v in shared.items() if k not in (RANK_OF, RUN_DIR)}, LOCAL_RANK="0")
-        command = [sys.executable, str(entry_script), *hc.overrides.task, f"hydra.run.dir=${{oc.env:{RUN_DIR}}}",
-                   *RANK_OVERRIDES]
+        searchpath = [o for o in hc.overrides.hydra if o.split("=", 1)[0] == "hydra.searchpath"]  # config dirs
+        command = [sys.executable, str(entry_script), *hc.overrides.task, *searchpath,
+                   f"hydra.run.dir=${{oc.env:{RUN_DIR}}}", *RANK_OVERRIDES]
         for rank in range(1, local):
             child_env = {**os.environ, **shared, "LOCAL_RANK": str(rank)}
             self.procs.append(subprocess.Popen([*command, f"hydra.job.name={hc.job.name}_rank{rank}"],

@@ -21,7 +21,7 @@ import signal
 import subprocess
 from typing import Any
 
-from echo_lstm.errors import ConfigError
+from echo_lstm.errors import ConfigError, Raw
 
 REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)  # SIGTERM: SLURM itself requeues (preemption, scontrol)
 
@@ -42,16 +42,33 @@ def requeue() -> str | None:
     return None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["scontrol failed"])[-1]
 
 
-def sbatch_refusal(error: BaseException, params: dict[str, Any]) -> ConfigError:
-    """`sbatch: error: ...` as one line naming the launcher setting it is about."""
-    text = " ".join(str(error).split())
-    found = re.findall(r"sbatch: error: ([^\n]+?)(?= sbatch: |$)", text) or [text[-300:]]
-    reason = found[-1].strip()
-    lowered = reason.lower()
-    key = next((k for k, words in (("partition", ("partition",)), ("gpus_per_node", ("gres", "gpu")),
-                                   ("timeout_min", ("time limit",)), ("mem_gb", ("memory",)),
-                                   ("account", ("account",)), ("qos", ("qos",)))
-                if any(w in lowered for w in words)), None)
+# Launcher settings as sbatch options: what `sbatch --test-only` checks before anything is submitted.
+SBATCH = {"partition": "--partition={}", "nodes": "--nodes={}", "tasks_per_node": "--ntasks-per-node={}",
+          "gpus_per_node": "--gpus-per-node={}", "cpus_per_task": "--cpus-per-task={}", "mem_gb": "--mem={}G",
+          "timeout_min": "--time={}", "qos": "--qos={}", "account": "--account={}", "constraint": "--constraint={}",
+          "exclude": "--exclude={}"}
+ABOUT = (("partition", "partition"), ("gpus_per_node", "gres"), ("gpus_per_node", "gpu"), ("timeout_min", "time limit"),
+         ("mem_gb", "memory"), ("account", "account"), ("qos", "qos"), ("tasks_per_node", "node configuration"))
+
+
+def check_submission(params: dict[str, Any]) -> None:
+    """Ask SLURM whether it would take a job of these launcher settings (`sbatch --test-only`: nothing is
+    submitted); a refusal is one line naming the setting it is about."""
+    options = [form.format(params[key]) for key, form in SBATCH.items() if params.get(key) not in (None, "")]
+    try:
+        proc = subprocess.run(["sbatch", "--test-only", *options, "--wrap=true"], capture_output=True, text=True,
+                              timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise ConfigError("hydra/launcher", "slurm", f"sbatch cannot be run here ({error})") from None
+    if proc.returncode != 0:
+        raise sbatch_refusal(proc.stderr, params)
+
+
+def sbatch_refusal(text: str, params: dict[str, Any]) -> ConfigError:
+    """sbatch's error lines as one line naming the launcher setting they are about."""
+    lines = [re.sub(r"^(sbatch: error: |allocation failure: )", "", line).strip() for line in text.splitlines()]
+    reason = "; ".join(dict.fromkeys(line for line in lines if line)) or "sbatch failed"
+    key = next((k for k, word in ABOUT if word in reason.lower()), None)
     if key is None:
-        return ConfigError("hydra.launcher", "...", f"SLURM refused the job: {reason}")
-    return ConfigError(f"hydra.launcher.{key}", params.get(key), f"SLURM refused the job: {reason}")
+        return ConfigError("hydra.launcher", "...", f"SLURM refuses the job: {reason}")
+    return ConfigError(f"hydra.launcher.{key}", Raw(str(params.get(key))), f"SLURM refuses the job: {reason}")

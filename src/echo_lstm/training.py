@@ -133,6 +133,10 @@ def starting_point(cfg: DictConfig, run_dir: Path) -> Start:
     from hydra.utils import instantiate
 
     ckpt = read_checkpoint(path, key)
+    if key == "hydra.run.dir" and ckpt.get("echo_slurm_job") != os.environ.get("SLURM_JOB_ID"):
+        saver = f"SLURM job {ckpt['echo_slurm_job']}" if ckpt.get("echo_slurm_job") else "no SLURM job"
+        raise ConfigError(key, str(run_dir), f"its {LAST} was saved by {saver}, not by this requeued SLURM job "
+                          f"{os.environ.get('SLURM_JOB_ID')}: a foreign checkpoint, not continued")
     net_config = OmegaConf.to_container(cfg.model.net, resolve=True)
     check_checkpoint(ckpt, instantiate(net_config), net_config, cfg.data.batch_size, key, path)
     return Start(path, int(ckpt.get("global_step", 0)), int(ckpt.get("epoch", 0)), in_place)
@@ -274,7 +278,10 @@ def stopped(signum: int, trainer: Any, run_dir: Path) -> Stopped:
             return Stopped(signum, line)
         log.info(f"could not requeue SLURM job {os.environ['SLURM_JOB_ID']}: {failed}")
     note = f"{checkpoint_note(run_dir)}. Continue with: {resume_command(run_dir)}"
-    return Stopped(signum, f"stopped by {signal_name(signum)} at step {step}; {note}")
+    line = f"stopped by {signal_name(signum)} at step {step}; {note}"
+    if trainer.is_global_zero:
+        log.info(line)  # the run's log says where it stopped (and a continuation where it went on)
+    return Stopped(signum, line)
 
 
 def batches_per_epoch(args: dict[str, Any], datamodule: Any) -> int:
