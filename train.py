@@ -37,6 +37,10 @@ def main(cfg: DictConfig) -> float:
     from echo_lstm.sweeps.summary import JobResult
 
     distributed.entry_script = Path(__file__).resolve()  # what a DDP rank runs
+    from echo_lstm import slurm
+
+    if slurm.in_slurm_job():  # (an sbatch script's `srun python train.py`: submitit's launcher did it already)
+        slurm.defer_signals()
     multirun, speaker = cli.is_multirun(), not is_secondary_rank()
     try:
         for warning in validate(cfg):

@@ -30,6 +30,20 @@ def in_slurm_job() -> bool:
     return bool(os.environ.get("SLURM_JOB_ID"))
 
 
+early: int | None = None  # a requeue signal that came before training started: the first block boundary takes it
+
+
+def defer_signals() -> None:
+    """From the job's start until training takes them (callbacks/graceful_stop.py): remember USR1/USR2 instead of
+    dying (their default) or letting submitit re-submit the job from scratch (its USR2 handler)."""
+    def remember(signum: int, frame: Any) -> None:
+        global early
+        early = signum
+
+    for sig in REQUEUE_SIGNALS:
+        signal.signal(sig, remember)
+
+
 def requeue() -> str | None:
     """Ask SLURM to requeue this job (it then ends this run: SIGTERM, which is ignored from here on); returns why
     not, or None."""

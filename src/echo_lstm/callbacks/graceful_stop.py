@@ -10,6 +10,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from echo_lstm import slurm
 from echo_lstm.callbacks.checkpoint import LastCheckpoint
 
 
@@ -42,6 +43,8 @@ class GracefulStop(pl.Callback):
         # From the start of fit: a Ctrl-C before the first batch is a stop like any other (Lightning would catch
         # its KeyboardInterrupt and exit on its own).
         self._take_signals()
+        if slurm.early is not None:  # SLURM's warning came while the job started: stop at the first boundary
+            self.signal, slurm.early = slurm.early, None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._take_signals()  # again: Lightning installs its own SIGTERM handler between setup and here

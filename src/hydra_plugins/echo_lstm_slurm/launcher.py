@@ -22,7 +22,9 @@ class SlurmLauncher(SubmititSlurmLauncher):
     def __call__(self, sweep_overrides: list[str], *args: Any) -> Any:
         from echo_lstm.config import register_configs
         from echo_lstm.distributed import RANK_OVERRIDES, external_rank
+        from echo_lstm.slurm import defer_signals
 
+        defer_signals()  # a pre-emption warning from now on stops the run at a block boundary, however early
         register_configs()  # the resolvers of the job's config, in this fresh process
         if external_rank() > 0:
             sweep_overrides = [*sweep_overrides, *(o for o in RANK_OVERRIDES if o != "hydra.mode=RUN")]
