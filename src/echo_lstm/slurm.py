@@ -34,13 +34,14 @@ early: int | None = None  # a requeue signal that came before training started: 
 
 
 def defer_signals() -> None:
-    """From the job's start until training takes them (callbacks/graceful_stop.py): remember USR1/USR2 instead of
-    dying (their default) or letting submitit re-submit the job from scratch (its USR2 handler)."""
+    """From the job's start until training takes them (callbacks/graceful_stop.py): remember USR1/USR2/SIGTERM
+    instead of dying (their default), letting submitit re-submit the job from scratch (its USR2 handler) or
+    ignoring SIGTERM (submitit's), which would leave the run to SLURM's SIGKILL 30 s later."""
     def remember(signum: int, frame: Any) -> None:
         global early
         early = signum
 
-    for sig in REQUEUE_SIGNALS:
+    for sig in (*REQUEUE_SIGNALS, signal.SIGTERM):
         signal.signal(sig, remember)
 
 
