@@ -224,7 +224,11 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
     if SLURMEnvironment.detect():
         # Lightning's own SLURM requeue saves `hpc_ckpt_<n>.ckpt` inside a block of chunks, which cannot be
         # continued exactly: off. The stop at a block boundary and the requeue are callbacks/graceful_stop.py's.
-        plugins.append(SLURMEnvironment(auto_requeue=False))
+        try:
+            plugins.append(SLURMEnvironment(auto_requeue=False))
+        except RuntimeError as error:  # Lightning refuses srun's layout (e.g. --ntasks instead of --ntasks-per-node)
+            raise ConfigError("srun", Raw(f"--ntasks={os.environ.get('SLURM_NTASKS')}"),
+                              f"Lightning refuses it: {str(error).strip().splitlines()[0]}") from None
     try:
         trainer = pl.Trainer(**device, **args, logger=loggers or False, callbacks=callbacks,
                              default_root_dir=str(run_dir), use_distributed_sampler=False, plugins=plugins)
