@@ -79,7 +79,7 @@ MUTANTS = {
         '        key, path, in_place = "hydra.run.dir", run_dir / LAST, True\n',
         '        return Start()\n',
         ["tests/test_safety.py::test_a_slurm_jobs_run_dir_is_continued_only_by_that_job_when_requeued",
-         "tests/test_slurm.py::test_a_preempted_job_continues_exactly_where_it_stopped[scontrol requeue]"]),
+         "tests/test_slurm.py::test_a_preempted_job_continues_exactly_where_it_stopped[scontrol-requeue]"]),
     "foreign-checkpoint-continued": ("src/echo_lstm/training.py",
         'if key == "hydra.run.dir" and ckpt.get("echo_slurm_job") != os.environ.get("SLURM_JOB_ID"):',
         'if False:',

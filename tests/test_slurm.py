@@ -157,13 +157,13 @@ def assert_exact(job_dir: Path, uninterrupted: Path, what: str) -> None:
         assert ours[tag] == theirs[tag], tag  # every step once, none missing, the same values
 
 
-@pytest.mark.parametrize("how", ["scontrol requeue", "USR2", "USR1"])
+@pytest.mark.parametrize("how", ["scontrol-requeue", "USR2", "USR1"])
 def test_a_preempted_job_continues_exactly_where_it_stopped(tmp_path, uninterrupted, ok, how):
     sweep = Sweep(tmp_path, *LONG)
     job = sweep.job_id()
     sweep.wait_for(sweep.dir / "0" / "checkpoints" / "last.ckpt")
     time.sleep(random.Random(how).uniform(0, 3))  # a random point of the run
-    command = ["scontrol", "requeue", job] if how == "scontrol requeue" else ["scancel", f"--signal={how}", job]
+    command = ["scontrol", "requeue", job] if how == "scontrol-requeue" else ["scancel", f"--signal={how}", job]
     subprocess.run(command, check=True)
     assert sweep.hurry(job) == 1
     ok(sweep.finish())
