@@ -93,7 +93,7 @@ MUTANTS = {
     "early-warning-dropped": ("src/echo_lstm/callbacks/graceful_stop.py",
         "            self.signal, slurm.early = slurm.early, None",
         "            slurm.early = None",
-        ["tests/test_slurm.py::test_a_time_limit_requeues_and_the_job_continues_exactly"]),
+        ["tests/test_slurm.py::test_a_preempted_job_continues_exactly_where_it_stopped[USR2-at-start]"]),
     "cpu-job-asks-for-gpus": ("src/echo_lstm/config.py",
         'return devices if accelerator in ("gpu", "cuda") else None',
         'return devices',
@@ -103,9 +103,9 @@ MUTANTS = {
         "        if len(set(shapes)) == 1:",
         "        if True:",
         ["tests/test_slurm.py::test_a_sweep_over_devices_shapes_each_job_and_ddp_equals_a_local_run"]),
-    "srun-rank-1-writes-hydra-files": ("src/hydra_plugins/echo_lstm_slurm/launcher.py",
-        "        if external_rank() > 0:",
-        "        if False:",
+    "srun-rank-1-speaks": ("src/echo_lstm/distributed.py",
+        "    return is_launched_rank() or external_rank() > 0",
+        "    return is_launched_rank()",
         ["tests/test_slurm.py::test_a_sweep_over_devices_shapes_each_job_and_ddp_equals_a_local_run"]),
 }
 

@@ -34,6 +34,13 @@ def squeue(job: str) -> str:
     return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
 
 
+def squeue_job() -> str:
+    """The one running job (these tests run one at a time)."""
+    (job,) = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i"], capture_output=True,
+                            text=True).stdout.split()
+    return job
+
+
 class Sweep:
     """`python train.py -m hydra/launcher=slurm ...` in the background, and what its jobs left."""
 
@@ -157,17 +164,22 @@ def assert_exact(job_dir: Path, uninterrupted: Path, what: str) -> None:
         assert ours[tag] == theirs[tag], tag  # every step once, none missing, the same values
 
 
-@pytest.mark.parametrize("how", ["scontrol-requeue", "USR2", "USR1"])
+@pytest.mark.parametrize("how", ["scontrol-requeue", "USR2", "USR1", "USR2-at-start"])
 def test_a_preempted_job_continues_exactly_where_it_stopped(tmp_path, uninterrupted, ok, how):
-    sweep = Sweep(tmp_path, *LONG)
-    job = sweep.job_id()
-    sweep.wait_for(sweep.dir / "0" / "checkpoints" / "last.ckpt")
-    time.sleep(random.Random(how).uniform(0, 3))  # a random point of the run
+    sweep, label = Sweep(tmp_path, *LONG), how
+    if how == "USR2-at-start":  # as soon as the job's Hydra files exist: before training starts (imports take s)
+        sweep.wait_for(sweep.dir / "0" / ".hydra" / "config.yaml")
+        job = squeue_job()
+        how = "USR2"
+    else:
+        job = sweep.job_id()
+        sweep.wait_for(sweep.dir / "0" / "checkpoints" / "last.ckpt")
+        time.sleep(random.Random(how).uniform(0, 3))  # a random point of the run
     command = ["scontrol", "requeue", job] if how == "scontrol-requeue" else ["scancel", f"--signal={how}", job]
     subprocess.run(command, check=True)
     assert sweep.hurry(job) == 1
     ok(sweep.finish())
-    assert_exact(sweep.dir / "0", uninterrupted, how)
+    assert_exact(sweep.dir / "0", uninterrupted, label)
 
 
 def test_a_time_limit_requeues_and_the_job_continues_exactly(tmp_path, uninterrupted, ok):
