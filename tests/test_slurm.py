@@ -8,6 +8,7 @@ A requeued job waits ~2 minutes before SLURM starts it again (its begin time); `
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import subprocess
@@ -21,7 +22,8 @@ from conftest import REPO, TINY, assert_refused, run_train, scalars
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-SLURM = ["hydra/launcher=slurm"]
+NAME = "echo-lstm-test"  # the tests' SLURM jobs: found, and cancelled after each test, by this name
+SLURM = ["hydra/launcher=slurm", f"hydra.launcher.name={NAME}"]
 SMALL = [o for o in TINY if not o.startswith("data.batch_size")] + ["data.batch_size=4"]
 # 12000 steps, ~40 s of training here: long enough to be interrupted anywhere, and for a time limit of a minute
 # (whose warning SLURM sends within 30 s, see below) to interrupt it.
@@ -35,10 +37,17 @@ def squeue(job: str) -> str:
 
 
 def squeue_job() -> str:
-    """The one running job (these tests run one at a time)."""
-    (job,) = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i"], capture_output=True,
+    """The test's one running job (these tests run one at a time)."""
+    (job,) = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-n", NAME, "-o", "%i"], capture_output=True,
                             text=True).stdout.split()
     return job
+
+
+@pytest.fixture(autouse=True)
+def no_job_left():
+    yield
+    with contextlib.suppress(OSError):  # a failed test's job does not block the next
+        subprocess.run(["scancel", "-n", NAME], capture_output=True)
 
 
 class Sweep:
@@ -127,8 +136,11 @@ def test_a_sweep_over_devices_shapes_each_job_and_ddp_equals_a_local_run(tmp_pat
     assert sorted(p.name for p in (two / ".hydra").iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
     log = (two / "train.log").read_text()
     assert log.count("step 16 (epoch 0)") == 1
-    rank1 = [p.read_text() for p in (sweep.dir / ".submitit").rglob("*_1_log.out")]
-    assert rank1 and not any("echo-lstm" in text for text in rank1)
+    logs = {p.name: p.read_text() for p in (sweep.dir / ".submitit").rglob("*_log.out")}
+    rank0 = [text for name, text in logs.items() if name.endswith("_0_log.out") and "device=ddp_cpu" in text]
+    rank1 = [text for name, text in logs.items() if name.endswith("_1_log.out")]
+    assert len(rank0) == len(rank1) == 1 and "stopped at step" in rank0[0]  # the job's line: rank 0's
+    assert "stopped at step" not in rank1[0]
     assert proc.stdout.count("| completed |") == 2
 
 
