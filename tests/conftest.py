@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -123,8 +124,9 @@ def ok():
     return check
 
 
+@functools.cache
 def slurm_answers() -> str | None:
-    """None if a SLURM cluster answers `sinfo` here, else why not."""
+    """None if a SLURM cluster answers `sinfo` here, else why not (asked once per test process)."""
     import shutil
 
     if shutil.which("sinfo") is None:
