@@ -1,8 +1,9 @@
 """Every use of a library's private or internal names, in one place, each with why no public route serves.
 
 Lightning is pinned to the range `tests/test_compat.py` checks; that test fails loudly, naming the function
-here, when a Lightning release changes what these functions rely on. Everything else in the package uses
-public APIs only.
+here, when a Lightning release changes what these functions rely on. The two hydra-submitit-launcher attributes
+(`submitit_job_config`, `submitit_with_params`) are exercised by `tests/test_slurm.py` on a real cluster.
+Everything else in the package uses public APIs only.
 """
 
 from __future__ import annotations
@@ -33,3 +34,26 @@ def step_counter(trainer: Any) -> Any:
     `LightningOptimizer.step` would make it; Lightning has no public way to advance it.
     """
     return trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+
+
+def submitit_job_config(launcher: Any, overrides: list[str]) -> Any:
+    """One job's composed config (its `hydra.launcher` resolved against its own `device.*`), in the sweep's process.
+
+    Why: the SLURM job's shape (tasks, GPUs, nodes) must come from each job's own config, but the submitit
+    launcher resolves its parameters once per sweep and composes a job's config only inside that job, on the
+    cluster. It composes it with its `hydra_context.config_loader` and the sweep's `config`, as here.
+    """
+    return launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+
+
+def submitit_with_params(launcher: Any, params: dict[str, Any]) -> Any:
+    """A copy of the submitit launcher that submits with these SLURM parameters (its `params`).
+
+    Why: the plugin holds one set of parameters for all the jobs it launches; a sweep over `device.*` needs one
+    set per job shape, and the plugin has no other way to take them.
+    """
+    import copy
+
+    other = copy.copy(launcher)
+    other.params = {**launcher.params, **params}
+    return other

@@ -34,9 +34,10 @@ class SlurmLauncher(SubmititSlurmLauncher):
         """The job's nodes, tasks per node and GPUs per node, from its own config."""
         from omegaconf import OmegaConf
 
+        from echo_lstm import compat
         from echo_lstm import config as schema
 
-        job = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        job = compat.submitit_job_config(self, overrides)
         devices = job.device.devices
         if not isinstance(devices, int):
             raise ConfigError("device.devices", devices, "must be a number under hydra/launcher=slurm: it sets "
@@ -48,6 +49,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
     def launch(self, job_overrides: Any, initial_job_idx: int) -> Any:
         import logging
 
+        from echo_lstm import compat
         from echo_lstm.slurm import check_submission
 
         # submitit polls `sacct`, which a cluster without accounting lacks; it then warns at every poll and
@@ -55,7 +57,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
         logging.getLogger("submitit").addFilter(lambda record: "Bypassing sacct error" not in record.getMessage())
         shapes = [self.shape(list(o)) for o in job_overrides]  # every job checked before any is submitted
         for shape in dict.fromkeys(shapes):
-            check_submission({**self.params, **dict(zip(SHAPE, shape, strict=True))})
+            check_submission(compat.submitit_with_params(self, dict(zip(SHAPE, shape, strict=True))).params)
         if len(set(shapes)) == 1:
             return self._submit(shapes[0], job_overrides, initial_job_idx)
         with ThreadPoolExecutor(len(shapes)) as pool:  # one array per job: the shapes differ
@@ -64,8 +66,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
             return [f.result()[0] for f in futures]
 
     def _submit(self, shape: tuple[Any, ...], job_overrides: Any, initial_job_idx: int) -> Any:
-        import copy
+        from echo_lstm import compat
 
-        launcher = copy.copy(self)
-        launcher.params = {**self.params, **dict(zip(SHAPE, shape, strict=True))}
+        launcher = compat.submitit_with_params(self, dict(zip(SHAPE, shape, strict=True)))
         return SubmititSlurmLauncher.launch(launcher, job_overrides, initial_job_idx)
