@@ -57,3 +57,22 @@ def submitit_with_params(launcher: Any, params: dict[str, Any]) -> Any:
     other = copy.copy(launcher)
     other.params = {**launcher.params, **params}
     return other
+
+
+def mark_epoch_in_progress(checkpoint: dict[str, Any]) -> None:
+    """Make a checkpoint's fit-loop epoch counters say what is true when it is saved: the epoch is in progress.
+
+    Why: every checkpoint of this app is saved inside an epoch (at the end of a training batch or of a
+    validation), where Lightning's counters read ready = started = completed + 1. A run restored from a
+    checkpoint of an epoch's *last* batch finishes that epoch but starts the next one without counting it
+    (ready = started = completed): a checkpoint it then saves inside that next epoch restores as the epoch not
+    yet begun, the loader's position is dropped and the epoch's first blocks are trained again (measured: a stop
+    at an epoch's last batch, one later in the next epoch, continued: 28 steps repeated). Lightning keeps these
+    counters in `loops.fit_loop.epoch_progress` of the checkpoint; no public API sets them.
+    """
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress")
+    if not progress:
+        return
+    for counts in (progress["total"], progress["current"]):
+        counts["ready"] = counts["started"] = max(counts["started"], counts["completed"] + 1)
+        counts["processed"] = counts["completed"]
