@@ -285,8 +285,9 @@ def test_stops_at_an_epochs_last_batch_then_inside_the_next_epoch_continue_exact
     (tmp_path / "probe.py").write_text(PROBE)
     tiny = [o for o in TINY if not o.startswith("trainer.max_epochs")]
     args = [*tiny, "trainer.max_epochs=4", "callbacks.early_stopping=null", "+callbacks.probe._target_=probe.Probe"]
-    env = {"PYTHONPATH": str(tmp_path), "SLURM_JOB_ID": "99"}  # (continued in place as a requeued SLURM job)
-    assert run_train(*args, run_dir=tmp_path / "whole", env={"PYTHONPATH": str(tmp_path)}).returncode == 0
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)  # (keep a mutant's)
+    env = {"PYTHONPATH": path, "SLURM_JOB_ID": "99"}  # (continued in place as a requeued SLURM job)
+    assert run_train(*args, run_dir=tmp_path / "whole", env={"PYTHONPATH": path}).returncode == 0
     run_dir = tmp_path / "stopped"
     for at in ("1,14", "2,6"):  # 15 blocks an epoch: its last one, then one inside the next epoch
         proc = run_train(*args, run_dir=run_dir, env={**env, "PROBE": at})
