@@ -26,7 +26,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from echo_lstm import cli, rundir  # noqa: E402
 from echo_lstm.config import register_configs, validate  # noqa: E402
-from echo_lstm.distributed import is_launched_rank  # noqa: E402
+from echo_lstm.distributed import RANK_OVERRIDES, is_launched_rank, is_secondary_rank  # noqa: E402
 from echo_lstm.errors import LEAVES_NOTHING, ConfigError, EchoError, Stopped, report  # noqa: E402
 
 register_configs()
@@ -39,7 +39,11 @@ def main(cfg: DictConfig) -> float:
 
     distributed.entry_script = Path(__file__).resolve()  # what a DDP rank runs
     logging.captureWarnings(True)  # library warnings to train.log only (cli.NoLibraryWarnings), in a joblib worker too
-    multirun, speaker = cli.is_multirun(), not is_launched_rank()
+    from echo_lstm import slurm
+
+    if slurm.in_slurm_job():  # (an sbatch script's `srun python train.py`: submitit's launcher did it already)
+        slurm.defer_signals()
+    multirun, speaker = cli.is_multirun(), not is_secondary_rank()
     if multirun and speaker:
         if rundir.sweep is None:  # a joblib worker (the sweep's own process claimed the sweep dir)
             from hydra.core.hydra_config import HydraConfig
@@ -72,7 +76,11 @@ def main(cfg: DictConfig) -> float:
         if multirun and isinstance(error, ConfigError):  # a refused job: its dir lies in the claimed sweep dir
             from hydra.core.hydra_config import HydraConfig
 
-            shutil.rmtree(HydraConfig.get().runtime.output_dir, ignore_errors=True)
+            from echo_lstm.training import SLURM_JOB
+
+            job_dir = Path(HydraConfig.get().runtime.output_dir)
+            if speaker and not (job_dir / SLURM_JOB).exists():  # (a requeued SLURM job's dir holds its run: kept)
+                shutil.rmtree(job_dir, ignore_errors=True)
         elif not multirun and isinstance(error, LEAVES_NOTHING):
             release_claim()  # only what this run made, and nothing once it has written a checkpoint
         if multirun and isinstance(error, Stopped) and speaker:  # recorded; the jobs after it do not start
@@ -119,16 +127,27 @@ def not_started() -> object:
 
 
 def release_claim() -> None:
-    """A refusal or a Ctrl-C before training: remove what this process added to its run dir."""
-    if rundir.current is not None and not is_launched_rank():
+    """A refusal or a Ctrl-C before training: remove what this process added to its run dir, and a sweep dir that
+    no job has used yet (a launcher that refused its settings: nothing was submitted)."""
+    if is_secondary_rank():
+        return
+    if rundir.current is not None:
         rundir.current.release(remove=True)
     sweep = rundir.sweep
-    if sweep is not None and not any(sweep.path.glob("*/checkpoints/last.ckpt")):  # a sweep refused before any
-        sweep.release(remove=True)  # job trained (a job's dir refused as Hydra named it): nothing to keep
+    if sweep is not None and sweep.path.is_dir():
+        # Removed if no job used it (a launcher that refused its settings: nothing was submitted), or if no job
+        # trained and none went to SLURM (a job's dir refused as Hydra named it): nothing to keep.
+        unused = {p.name for p in sweep.path.iterdir()} <= {rundir.LOCK, "multirun.yaml", ".submitit"}
+        trained = any(sweep.path.glob("*/checkpoints/last.ckpt"))
+        sweep.release(remove=unused or not (trained or (sweep.path / ".submitit").exists()))
 
 
 if __name__ == "__main__":
     from echo_lstm.resume import resumed_argv
 
-    cli.run(main, sys.argv[1:], prepare=None if is_launched_rank() else resumed_argv, on_failure=release_claim,
+    def secondary_argv(argv: list[str]) -> list[str]:  # a rank > 0 that srun started: no Hydra files, no log
+        return [*argv, *(o for o in RANK_OVERRIDES if o != "hydra.mode=RUN")]
+
+    prepare = None if is_launched_rank() else secondary_argv if is_secondary_rank() else resumed_argv
+    cli.run(main, sys.argv[1:], prepare=prepare, on_failure=release_claim,
             about=__doc__.strip().splitlines()[0] + " See README.md.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -131,3 +132,31 @@ def ok():
         return proc
 
     return check
+
+
+@functools.cache
+def slurm_answers() -> str | None:
+    """None if a SLURM cluster answers `sinfo` here, else why not (asked once per test process)."""
+    import shutil
+
+    if shutil.which("sinfo") is None:
+        return "sinfo is not installed"
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer in 20 s"
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return f"sinfo failed: {(proc.stderr.strip().splitlines() or ['no node'])[-1]}"
+    return None
+
+
+def pytest_runtest_setup(item):
+    # `slurm` tests need a cluster (sudo .ci/slurm-up.sh starts a one-node one). Without one they skip, except in
+    # CI (CI=true), where .ci/run starts the cluster and a skip would hide that they did not run.
+    if item.get_closest_marker("slurm") is not None:
+        why = slurm_answers()
+        if why is not None:
+            message = f"no SLURM cluster answers ({why}); start one with `sudo .ci/slurm-up.sh`"
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"{message}: under CI=true the slurm tests must run", pytrace=False)
+            pytest.skip(message)

@@ -616,7 +616,6 @@ def test_a_job_dir_is_claimed_as_hydra_names_it(tmp_path, monkeypatch):
             with pytest.raises(ConfigError, match=why):
                 rundir.claimed_job_dir(subdir, _root_=root)
         (tmp_path / "taken" / ".slurm_job_id").write_text("77\n")  # a job SLURM requeued continues in its dir
-        (tmp_path / "taken" / "hpc_ckpt_1.ckpt").write_bytes(b"x")
         monkeypatch.setenv("SLURM_JOB_ID", "77")
         assert rundir.claimed_job_dir("taken", _root_=root) == "taken"
         assert (tmp_path / "taken" / "train.log").read_text() == "another job's\n"

@@ -69,6 +69,8 @@ BAD = [
     ("device.devices=0", "error: device.devices=0 is invalid: must be an integer >= 1 or 'auto'"),
     ("device.num_nodes=0", "error: device.num_nodes=0 is invalid: must be an integer >= 1"),
     ("device.precision=8-bit", "error: device.precision='8-bit' is invalid: must be one of"),
+    ("device=ddp_cpu device.strategy=ddp_spawn", "error: device.strategy='ddp_spawn' is invalid: must be auto or ddp "
+                                                 "(ddp_spawn is not supported"),
     ("device=ddp_cpu data.batch_size=5", "error: data.batch_size=5 is invalid: must be divisible by the number of "
                                          "processes (2"),
     ("trainer.max_epochs=0", "error: trainer.max_epochs=0 is invalid: must be an integer >= 1 or -1 or null"),

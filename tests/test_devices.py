@@ -98,6 +98,22 @@ def test_multirun_of_ddp_jobs_gives_each_job_its_own_dir(tmp_path, ok):
 
 
 @pytest.mark.slow
+def test_ranks_of_a_job_whose_config_asks_for_a_multirun_run_only_their_job(tmp_path, ok):
+    # As hparams_search=optuna does: a config group that sets hydra.mode=MULTIRUN (here from a config dir of the
+    # user's, which the ranks must find too). Rank 1 once started an Optuna sweep of its own in <cwd>/outputs.
+    group = tmp_path / "conf" / "search"
+    group.mkdir(parents=True)
+    (group / "multi.yaml").write_text("# @package _global_\nhydra:\n  mode: MULTIRUN\n")
+    sweep = tmp_path / "sweep"
+    ok(run_train("+search=multi", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", *SMALL, *DDP2,
+                 f"hydra.sweep.dir={sweep}", cwd=tmp_path))
+    assert not (tmp_path / "outputs").exists()  # no rank ran a sweep of its own
+    (job,) = [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert torch.load(job / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 60
+    assert (job / "train.log").read_text().count("step 16 (epoch 0)") == 1  # one log: rank 0's
+
+
+@pytest.mark.slow
 def test_submitit_local_launcher_runs_a_job(tmp_path, ok):
     sweep = tmp_path / "sweep"
     ok(run_train("hydra/launcher=submitit_local", "layers=2,3", *TINY, f"hydra.sweep.dir={sweep}", multirun=True))
@@ -109,15 +125,16 @@ def test_submitit_local_launcher_runs_a_job(tmp_path, ok):
 def test_submitit_slurm_config_matches_the_device(ok):
     proc = ok(run_train("--cfg", "hydra", "hydra/launcher=slurm", timeout=60))
     assert "SlurmLauncher" in proc.stdout
-    for line in ("gpus_per_node: ${device.devices}", "tasks_per_node: ${device.devices}",
-                 "nodes: ${device.num_nodes}", "signal_delay_s: 120"):
+    for line in ("tasks_per_node: ${device.devices}", "nodes: ${device.num_nodes}", "signal_delay_s: 120"):
         assert line in proc.stdout, line
-    # Resolved against the job's config, one SLURM task per GPU on every node:
+    # Resolved against the job's config, one SLURM task per device on every node, one GPU each for a GPU job:
     cfg = compose("hydra/launcher=slurm", "device=multi_gpu", "device.devices=4", "device.num_nodes=2",
                   return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (4, 4, 2)
-    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher._target_ == "hydra_plugins.echo_lstm_slurm.launcher.SlurmLauncher"
+    cpu = compose("hydra/launcher=slurm", "device=ddp_cpu", return_hydra_config=True).hydra.launcher
+    assert (cpu.gpus_per_node, cpu.tasks_per_node, cpu.nodes) == (None, 2, 1)  # no GPU for a CPU job
 
 
 @pytest.mark.gpu

@@ -37,6 +37,10 @@ NOT_RUN = {
     "python train.py experiment=tbptt_horizon": "16 jobs, minutes (docs/research.md has its result)",
     "python train.py hparams_search=": "needs the optional Optuna extra; minutes",
     "python train.py -m layers=1,2,3,5 device=multi_gpu": "needs a SLURM cluster",
+    "python train.py -m layers=1,2 hydra/launcher=slurm": "needs a SLURM cluster: tests/test_slurm.py runs it",
+    "python train.py -m device=cpu,ddp_cpu data.batch_size=4 hydra/launcher=slurm":
+        "needs a SLURM cluster: tests/test_slurm.py runs it",
+    "sudo .ci/slurm-up.sh": "starts daemons as root: .ci/run starts the cluster and runs the tests",
     "python train.py -m hparams_search": "needs the optional Optuna extra",
     "python train.py -m layers=1,2 device=ddp_cpu": "~30 s; tests/test_devices.py runs a DDP multirun",
     "python train.py device=ddp_cpu data.batch_size=4": "tests/test_devices.py runs exactly this command",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, assert_refused, run_train, scalars
+from conftest import REPO, TINY, assert_refused, run_train, scalars
 
 pytestmark = pytest.mark.slow
 
@@ -268,3 +268,34 @@ def test_resume_refuses_a_change_of_experiment(tmp_path):
     assert final(run_dir)["hyper_parameters"]["net"]["layers"] == 2
     assert (run_dir / ".hydra" / "overrides.yaml").read_text().count("layers=2") == 1  # original kept
     assert len(list((run_dir / ".hydra").glob("resumed-*/config.yaml"))) == 1  # the refused ones left none
+
+
+PROBE = '''import os, signal
+import pytorch_lightning as pl
+class Probe(pl.Callback):  # SIGTERM to itself at the start of (epoch, batch) = $PROBE
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        at = os.environ.get("PROBE")
+        if at and (trainer.current_epoch, batch_idx) == tuple(map(int, at.split(","))):
+            os.kill(os.getpid(), signal.SIGTERM)
+'''
+
+
+@pytest.mark.slow
+def test_stops_at_an_epochs_last_batch_then_inside_the_next_epoch_continue_exactly(tmp_path):
+    # A run restored from a checkpoint of an epoch's last batch once saved the next epoch's checkpoints as "epoch
+    # not begun" (Lightning's counters): continued, it trained that epoch's first blocks again (compat.py).
+    (tmp_path / "probe.py").write_text(PROBE)
+    tiny = [o for o in TINY if not o.startswith("trainer.max_epochs")]
+    args = [*tiny, "trainer.max_epochs=4", "callbacks.early_stopping=null", "+callbacks.probe._target_=probe.Probe"]
+    path = os.pathsep.join(p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p)  # (keep a mutant's)
+    env = {"PYTHONPATH": path, "SLURM_JOB_ID": "99"}  # (continued in place as a requeued SLURM job)
+    assert run_train(*args, run_dir=tmp_path / "whole", env={"PYTHONPATH": path}).returncode == 0
+    run_dir = tmp_path / "stopped"
+    for at in ("1,14", "2,6"):  # 15 blocks an epoch: its last one, then one inside the next epoch
+        proc = run_train(*args, run_dir=run_dir, env={**env, "PROBE": at})
+        assert proc.returncode == 143, proc.stderr[-2000:]
+    assert run_train(*args, run_dir=run_dir, env=env).returncode == 0
+    whole, stopped = (torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)
+                      for d in (tmp_path / "whole", run_dir))
+    assert whole["global_step"] == stopped["global_step"] == 240
+    assert all(torch.equal(whole["state_dict"][k], stopped["state_dict"][k]) for k in whole["state_dict"])

@@ -247,15 +247,31 @@ def test_stray_local_rank_in_the_environment_is_ignored_with_a_warning(tmp_path)
     assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].startswith("error: layers=0 is")
 
 
-def test_a_stray_slurm_checkpoint_is_refused_and_a_requeued_job_continues(tmp_path, trained):
+def test_a_slurm_jobs_run_dir_is_continued_only_by_that_job_when_requeued(tmp_path):
     run_dir = tmp_path / "run"
-    shutil.copytree(trained, run_dir)
-    shutil.copy(run_dir / "checkpoints" / "last.ckpt", run_dir / "hpc_ckpt_1.ckpt")
-    (run_dir / ".slurm_job_id").write_text("77\n")
-    args = [*TINY, "layers=2", "trainer.max_epochs=3"]
+    args = [*TINY, "layers=2"]
+    assert run_train(*args, run_dir=run_dir, env={"SLURM_JOB_ID": "77"}).returncode == 0  # job 77, 2 epochs
+    assert (run_dir / ".slurm_job_id").read_text() == "77\n"
+    before = tree(run_dir)
     assert_refused(run_train(*args, run_dir=run_dir, env={"SLURM_JOB_ID": "78"}), "exists and is not empty")
-    proc = run_train(*args, run_dir=run_dir, env={"SLURM_JOB_ID": "77"})  # the requeued job itself
+    assert_refused(run_train(*args, run_dir=run_dir), "exists and is not empty")
+    assert tree(run_dir) == before
+    # The requeued job itself, its checkpoint replaced by another run's (the same network), then missing:
+    last = run_dir / "checkpoints" / "last.ckpt"
+    shutil.move(last, tmp_path / "saved.ckpt")
+    assert run_train(*args, run_dir=tmp_path / "other").returncode == 0
+    shutil.copy(tmp_path / "other" / "checkpoints" / "last.ckpt", last)
+    before = tree(run_dir)
+    env = {"SLURM_JOB_ID": "77"}
+    assert_refused(run_train(*args, run_dir=run_dir, env=env), "saved by no SLURM job", "foreign checkpoint")
+    last.unlink()
+    assert_refused(run_train(*args, run_dir=run_dir, env=env), "SLURM job 77 was requeued", "is missing")
+    shutil.move(tmp_path / "saved.ckpt", last)
+    unlocked = {k: v for k, v in tree(run_dir).items() if k != ".lock"}  # (.lock: the PID of the last claimer)
+    assert unlocked == {k: v for k, v in before.items() if k != ".lock"} | {"checkpoints/last.ckpt": last.read_bytes()}
+    proc = run_train(*args, "trainer.max_epochs=3", run_dir=run_dir, env=env)  # requeued 77
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "continuing" in proc.stdout and "from step 120" in proc.stdout
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 180
 
 

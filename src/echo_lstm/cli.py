@@ -186,7 +186,7 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
     refusal or an interrupted start (what this process claimed)."""
     import signal
 
-    from echo_lstm.distributed import drop_stray_rank_variables, is_launched_rank
+    from echo_lstm.distributed import drop_stray_rank_variables, is_launched_rank, is_secondary_rank
 
     def stop(signum: int, frame: Any) -> None:
         # A Ctrl-C before training takes the signal (callbacks/graceful_stop.py): stop at once. Not through a
@@ -216,7 +216,7 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
     logging.raiseExceptions = False  # a full disk must not turn each log line into a traceback
     logging.captureWarnings(True)  # to train.log, not the console (NoLibraryWarnings)
     quiet_thread_disk_errors()
-    quiet = is_launched_rank()  # DDP ranks > 0 fail alike; rank 0 speaks for them
+    quiet = is_secondary_rank()  # DDP ranks > 0 fail alike; rank 0 speaks for them
     try:
         stray = drop_stray_rank_variables()
         if stray:

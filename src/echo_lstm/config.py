@@ -52,7 +52,7 @@ class ModelConfig:
 class DeviceConfig:
     accelerator: str = MISSING  # cpu | gpu | auto
     devices: Any = MISSING  # int >= 1, or "auto"
-    strategy: str = MISSING  # auto | ddp | ddp_spawn
+    strategy: str = MISSING  # auto | ddp
     num_nodes: int = MISSING
     precision: str = MISSING  # 32-true | 16-mixed | bf16-mixed | ...
     process_group_backend: Any = None  # gloo | nccl | None (Lightning's default)
@@ -180,6 +180,13 @@ def register_configs() -> None:
         from echo_lstm.rundir import claimed_job_dir
 
         OmegaConf.register_new_resolver("claimed_job_dir", claimed_job_dir)
+    if not OmegaConf.has_resolver("slurm_gpus"):
+        OmegaConf.register_new_resolver("slurm_gpus", slurm_gpus)
+
+
+def slurm_gpus(accelerator: str, devices: Any) -> Any:
+    """`hydra.launcher.gpus_per_node` (conf/hydra/launcher/slurm.yaml): one per device for a GPU job, none on CPU."""
+    return devices if accelerator in ("gpu", "cuda") else None
 
 
 def config_groups() -> dict[str, list[str]]:
@@ -412,8 +419,10 @@ def validate_device(dev: Any) -> int | None:
     _require(dev.num_nodes >= 1, "device.num_nodes", dev.num_nodes, "must be an integer >= 1")
     _require(str(dev.precision) in PRECISIONS, "device.precision", dev.precision,
              f"must be one of {', '.join(PRECISIONS)}")
-    _require(dev.strategy in ("auto", "ddp", "ddp_spawn"), "device.strategy", dev.strategy,
-             "must be auto, ddp or ddp_spawn")
+    # ddp_spawn would pickle the run into fresh processes (the figure's font cannot be unpickled) and start them
+    # outside rank 0's watch: this app starts its DDP ranks itself (distributed.py)
+    _require(dev.strategy in ("auto", "ddp"), "device.strategy", dev.strategy,
+             "must be auto or ddp (ddp_spawn is not supported: with ddp this app starts and watches the processes)")
     return devices * dev.num_nodes if _is_int(devices) else None
 
 

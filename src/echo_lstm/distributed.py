@@ -48,6 +48,25 @@ def managed_externally() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("SLURM_NTASKS", "1") or 1) > 1
 
 
+def external_rank() -> int:
+    """This process's global rank when a launcher (srun, torchrun) started every rank, else 0."""
+    if not managed_externally():
+        return 0
+    value = os.environ.get("SLURM_PROCID") if "TORCHELASTIC_RUN_ID" not in os.environ else os.environ.get("RANK")
+    return int(value or 0)
+
+
+def is_secondary_rank() -> bool:
+    """A DDP rank > 0, however started (this app's rank 0, srun, torchrun): it writes no run-dir files, no logs,
+    no summaries, and runs no sweeper; rank 0 speaks for the run."""
+    return is_launched_rank() or external_rank() > 0
+
+
+# What a rank > 0 adds to its command line: a plain run (an Optuna config sets hydra.mode=MULTIRUN: a rank would
+# start a sweep of its own), no Hydra files, no log file.
+RANK_OVERRIDES = ("hydra.mode=RUN", "hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none")
+
+
 def drop_stray_rank_variables() -> list[str]:
     """Remove DDP rank variables no launcher set for this process; returns the ones removed."""
     if is_launched_rank() or managed_externally():
@@ -74,8 +93,7 @@ def trainer_device_args(device: dict[str, Any]) -> dict[str, Any]:
     if str(args["strategy"]).startswith("ddp"):
         from pytorch_lightning.strategies import DDPStrategy
 
-        start_method = "spawn" if args["strategy"] == "ddp_spawn" else "popen"
-        args["strategy"] = DDPStrategy(process_group_backend=backend, start_method=start_method)
+        args["strategy"] = DDPStrategy(process_group_backend=backend, start_method="popen")
     return args
 
 
@@ -105,8 +123,9 @@ class Ranks:
         if env.main_address in ("127.0.0.1", "localhost") and trainer.num_nodes == 1:
             shared["GLOO_SOCKET_IFNAME"] = os.environ.get("GLOO_SOCKET_IFNAME", "lo")
         os.environ.update({k: v for k, v in shared.items() if k not in (RANK_OF, RUN_DIR)}, LOCAL_RANK="0")
-        command = [sys.executable, str(entry_script), *hc.overrides.task, f"hydra.run.dir=${{oc.env:{RUN_DIR}}}",
-                   "hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
+        searchpath = [o for o in hc.overrides.hydra if o.split("=", 1)[0] == "hydra.searchpath"]  # config dirs
+        command = [sys.executable, str(entry_script), *hc.overrides.task, *searchpath,
+                   f"hydra.run.dir=${{oc.env:{RUN_DIR}}}", *RANK_OVERRIDES]
         for rank in range(1, local):
             child_env = {**os.environ, **shared, "LOCAL_RANK": str(rank)}
             self.procs.append(subprocess.Popen([*command, f"hydra.job.name={hc.job.name}_rank{rank}"],

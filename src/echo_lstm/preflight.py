@@ -12,6 +12,7 @@ claimed: so every exception here leaves as `errors.Escaped`, which Hydra does no
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from echo_lstm import rundir
 from echo_lstm.config import validate
-from echo_lstm.distributed import is_launched_rank
-from echo_lstm.errors import Escaped, hydra_quote
+from echo_lstm.distributed import is_launched_rank, is_secondary_rank
+from echo_lstm.errors import ConfigError, Escaped, hydra_quote
 from echo_lstm.loggers import check_available
 from echo_lstm.sweeps.naming import record_swept_keys, swept_keys
 
@@ -55,6 +56,12 @@ class Preflight(Callback):
             return  # a DDP rank started by rank 0, which has checked and claimed everything
         try:
             check_output_subdir(config)
+            tasks = int(os.environ.get("SLURM_NTASKS", "1") or 1)
+            if tasks > 1 and not user_set(config, "hydra.run.dir"):  # every task would pick its own time stamp
+                raise ConfigError("hydra.run.dir", config.hydra.run.dir, f"must be named when srun starts {tasks} "
+                                  "tasks of one run, e.g. hydra.run.dir='outputs/runs/slurm-${oc.env:SLURM_JOB_ID}'")
+            if is_secondary_rank():
+                return  # rank 0 checks and claims
             validate(config)
             check_available(config)
             if rundir.current is None:  # (a resume claimed its dir before Hydra composed)

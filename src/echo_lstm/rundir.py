@@ -30,8 +30,7 @@ from pathlib import Path
 from echo_lstm.errors import ConfigError
 
 LOCK = ".lock"
-HPC = "hpc_ckpt_*.ckpt"  # what Lightning saves on SLURM's pre-emption signal before the job is requeued
-SLURM_JOB = ".slurm_job_id"  # the SLURM job that made the dir (only it continues from an hpc checkpoint)
+SLURM_JOB = ".slurm_job_id"  # the SLURM job that made the dir: only it, requeued, continues the run in it
 
 
 @dataclass
@@ -234,10 +233,11 @@ def lock(claim: Claim, key: str) -> Claim:
 
 
 def requeued_slurm_job(run_dir: Path) -> bool:
-    """A requeued SLURM job re-runs in its dir, which holds the hpc checkpoint Lightning saved before."""
+    """A requeued SLURM job re-runs in its dir, which it marked with its job id (training.starting_point then
+    continues from its last.ckpt, if that checkpoint is the job's own)."""
     job = os.environ.get("SLURM_JOB_ID")
     marker = run_dir / SLURM_JOB
-    return bool(job) and marker.is_file() and marker.read_text().strip() == job and any(run_dir.glob(HPC))
+    return bool(job) and marker.is_file() and marker.read_text().strip() == job
 
 
 def safe_subdir(value: object, key: str) -> str:
@@ -260,7 +260,7 @@ def claimed_job_dir(subdir: object, *, _root_: object) -> str:
     name = safe_subdir(subdir, "hydra.sweep.subdir")
     path = Path(os.path.abspath(os.path.join(str(OmegaConf.select(_root_, "hydra.sweep.dir")), name)))
     if str(path) not in jobs:  # (resolved more than once per job: claimed once)
-        if requeued_slurm_job(path):  # a job SLURM requeued continues in its own dir (its hpc checkpoint)
+        if requeued_slurm_job(path):  # a job SLURM requeued continues in its own dir (its last.ckpt)
             jobs[str(path)] = claim_existing(path, "hydra.sweep.subdir", appends=("train.log",))
         else:
             jobs[str(path)] = claim_new(path, "hydra.sweep.subdir", unique=False, hint=": each job needs its own "

@@ -31,7 +31,7 @@ from echo_lstm.errors import (
     relpath,
     signal_name,
 )
-from echo_lstm.rundir import HPC, SLURM_JOB
+from echo_lstm.rundir import SLURM_JOB
 
 log = logging.getLogger("echo_lstm.run")
 
@@ -113,22 +113,23 @@ def starting_point(cfg: DictConfig, run_dir: Path) -> Start:
     """The checkpoint to start from, checked against the config.
 
     `resume=<run dir>` continues that run from its `last.ckpt`; a requeued SLURM job continues from the
-    `hpc_ckpt_<n>.ckpt` that Lightning saved in its run dir (only the same job's: a stray one is refused);
-    `ckpt_path=<file>` starts a new run from that checkpoint.
+    `last.ckpt` in its own run dir (only the job that marked the dir does: another job's is refused, as is a
+    requeued job whose checkpoint is missing); `ckpt_path=<file>` starts a new run from that checkpoint.
     """
     from echo_lstm.resume import LAST, check_checkpoint, read_checkpoint
 
-    hpc = sorted(run_dir.glob(HPC), key=lambda p: int(p.stem.rsplit("_", 1)[-1]))
-    if hpc and cfg.resume is None:
+    if cfg.resume is not None:
+        key, path, in_place = "resume", run_dir / LAST, True
+    elif (run_dir / SLURM_JOB).is_file() or (run_dir / LAST).is_file():
         job = os.environ.get("SLURM_JOB_ID")
         owner = (run_dir / SLURM_JOB).read_text().strip() if (run_dir / SLURM_JOB).is_file() else None
         if job is None or job != owner:
-            raise ConfigError("hydra.run.dir", str(run_dir), f"holds {hpc[-1].name}, which only the SLURM job that "
-                              f"saved it ({owner or 'unknown'}) continues; this is {job or 'not a SLURM job'}")
-    if cfg.resume is not None:
-        key, path, in_place = "resume", run_dir / LAST, True
-    elif hpc:
-        key, path, in_place = "hpc_ckpt", hpc[-1], True
+            raise ConfigError("hydra.run.dir", str(run_dir), f"holds the run of SLURM job {owner or '(unknown)'}, "
+                              f"which only that job continues; this is {f'job {job}' if job else 'not a SLURM job'}")
+        if not (run_dir / LAST).is_file():
+            raise ConfigError("hydra.run.dir", str(run_dir), f"SLURM job {job} was requeued, but its checkpoint "
+                              f"{LAST} is missing: nothing to continue from (submit it again into a new dir)")
+        key, path, in_place = "hydra.run.dir", run_dir / LAST, True
     elif cfg.ckpt_path is not None:
         key, path, in_place = "ckpt_path", Path(str(cfg.ckpt_path)), False
     else:
@@ -136,6 +137,10 @@ def starting_point(cfg: DictConfig, run_dir: Path) -> Start:
     from hydra.utils import instantiate
 
     ckpt = read_checkpoint(path, key)
+    if key == "hydra.run.dir" and ckpt.get("echo_slurm_job") != os.environ.get("SLURM_JOB_ID"):
+        saver = f"SLURM job {ckpt['echo_slurm_job']}" if ckpt.get("echo_slurm_job") else "no SLURM job"
+        raise ConfigError(key, str(run_dir), f"its {LAST} was saved by {saver}, not by this requeued SLURM job "
+                          f"{os.environ.get('SLURM_JOB_ID')}: a foreign checkpoint, not continued")
     net_config = OmegaConf.to_container(cfg.model.net, resolve=True)
     net = instantiate(net_config)
     try:  # a throwaway optimizer over a throwaway network, to check the checkpoint's state (a bad one: built() says)
@@ -222,10 +227,20 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
         args["enable_checkpointing"] = False  # no checkpoint callback configured: none of Lightning's either
     if isinstance(args.get("val_check_interval"), int):  # fewer batches than that: once per epoch (warned)
         args["val_check_interval"] = min(args["val_check_interval"], batches_per_epoch(args, datamodule))
+    plugins: list[Any] = [AtomicCheckpointIO(run_dir / "checkpoints")]  # see callbacks/checkpoint.py
+    from pytorch_lightning.plugins.environments import SLURMEnvironment
+
+    if SLURMEnvironment.detect():
+        # Lightning's own SLURM requeue saves `hpc_ckpt_<n>.ckpt` inside a block of chunks, which cannot be
+        # continued exactly: off. The stop at a block boundary and the requeue are callbacks/graceful_stop.py's.
+        try:
+            plugins.append(SLURMEnvironment(auto_requeue=False))
+        except RuntimeError as error:  # Lightning refuses srun's layout (e.g. --ntasks instead of --ntasks-per-node)
+            raise ConfigError("srun", Raw(f"--ntasks={os.environ.get('SLURM_NTASKS')}"),
+                              f"Lightning refuses it: {str(error).strip().splitlines()[0]}") from None
     try:
         trainer = pl.Trainer(**device, **args, logger=loggers or False, callbacks=callbacks,
-                             default_root_dir=str(run_dir), use_distributed_sampler=False,
-                             plugins=[AtomicCheckpointIO(run_dir / "checkpoints")])  # see callbacks/checkpoint.py
+                             default_root_dir=str(run_dir), use_distributed_sampler=False, plugins=plugins)
     except (MisconfigurationException, ValueError, TypeError) as error:
         raise trainer_refusal(error, cfg) from None
     if os.environ.get("SLURM_JOB_ID") and trainer.is_global_zero:
@@ -244,11 +259,7 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
         try:
             trainer.fit(model, datamodule=datamodule, ckpt_path=start.path and str(start.path))
         except StopRequested as stop:
-            note = checkpoint_note(run_dir)
-            if (run_dir / "checkpoints" / "last.ckpt").is_file():  # else nothing is kept to continue from
-                note += f". Continue with: {resume_command(run_dir)}"
-            raise Stopped(stop.signum, f"stopped by {signal_name(stop.signum)} at step {trainer.global_step}; {note}") \
-                from None
+            raise stopped(stop.signum, trainer, run_dir) from None
         except Diverged as error:
             raise Diverged(error.step, error.what, checkpoint_note(run_dir)) from None
         except Exception:
@@ -268,6 +279,31 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
     if trainer.is_global_zero:
         result.write()
     return result
+
+
+def stopped(signum: int, trainer: Any, run_dir: Path) -> Stopped:
+    """A requested stop, saved at a block boundary; a SLURM job's pre-emption warning requeues it too."""
+    from echo_lstm import slurm
+    from echo_lstm.resume import LAST
+
+    step = trainer.global_step
+    if signum in slurm.REQUEUE_SIGNALS and slurm.in_slurm_job():
+        failed = slurm.requeue() if trainer.is_global_zero else None
+        if failed is None:
+            job = os.environ["SLURM_JOB_ID"]
+            line = (f"requeued by {signal_name(signum)} at step {step}: SLURM job {job} continues from "
+                    f"{os.path.relpath(run_dir / LAST)} (step {step}) when it starts again")
+            if trainer.is_global_zero:
+                log.info(line)
+            return Stopped(signum, line)
+        log.info(f"could not requeue SLURM job {os.environ['SLURM_JOB_ID']}: {failed}")
+    note = checkpoint_note(run_dir)
+    if (run_dir / LAST).is_file():  # else nothing is kept to continue from
+        note += f". Continue with: {resume_command(run_dir)}"
+    line = f"stopped by {signal_name(signum)} at step {step}; {note}"
+    if trainer.is_global_zero:
+        log.info(line)  # the run's log says where it stopped (and a continuation where it went on)
+    return Stopped(signum, line)
 
 
 def batches_per_epoch(args: dict[str, Any], datamodule: Any) -> int:

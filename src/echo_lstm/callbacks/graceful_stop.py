@@ -1,4 +1,5 @@
-"""Ctrl-C (SIGINT), SIGTERM or SIGHUP: finish the current block of chunks, save `last.ckpt` at that step, stop."""
+"""Ctrl-C (SIGINT), SIGTERM or SIGHUP, and in a SLURM job SIGUSR1/SIGUSR2 (the pre-emption and time-limit warnings):
+finish the current block of chunks, save `last.ckpt` at that step, stop (training.py then requeues a SLURM job)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from echo_lstm import slurm
 from echo_lstm.callbacks.checkpoint import LastCheckpoint
 from echo_lstm.sweeps.stop import requested as sweep_stopped
 
@@ -54,6 +56,8 @@ class GracefulStop(pl.Callback):
         # its KeyboardInterrupt and exit on its own).
         self._take_signals()
         self._sweep_dir = sweep_dir()
+        if slurm.early is not None:  # SLURM's warning came while the job started: stop at the first boundary
+            self.signal, slurm.early = slurm.early, None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._take_signals()  # again: Lightning installs its own SIGTERM handler between setup and here
@@ -63,7 +67,8 @@ class GracefulStop(pl.Callback):
 
     def _take_signals(self) -> None:
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
+            warnings = (signal.SIGUSR1, signal.SIGUSR2) if os.environ.get("SLURM_JOB_ID") else ()  # SLURM's
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, *warnings):  # SIGHUP: the terminal closed
                 previous = signal.signal(sig, self._request)
                 self._previous.setdefault(sig, previous)
 

@@ -23,6 +23,7 @@ precedes the series (t < echo_step, targets 0 by definition) are left out of eve
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -195,6 +196,8 @@ class EchoLSTM(pl.LightningModule):
             rng = [rng]
         checkpoint["echo_train_state"] = None if state is None else state.detach().cpu()
         checkpoint["echo_rng_states"] = rng
+        checkpoint["echo_slurm_job"] = os.environ.get("SLURM_JOB_ID")  # only this job continues it when requeued
+        compat.mark_epoch_in_progress(checkpoint)  # (a resumed run's counters can lag: see there)
 
     def _rng_state(self) -> dict[str, Any]:
         rng = {"cpu": torch.get_rng_state()}

@@ -267,7 +267,9 @@ class SweepSummary(Callback):
             self._started[int(config.hydra.job.num)] = time.time()
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if not is_multirun(config):
+        from echo_lstm.distributed import is_secondary_rank
+
+        if not is_multirun(config) or is_secondary_rank():  # (srun's rank > 0 of a SLURM job: rank 0 records it)
             return
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         record = self.job_record(config, job_return)
