@@ -257,8 +257,12 @@ def claimed_job_dir(subdir: object, *, _root_: object) -> str:
     runs (train.py releases it)."""
     from omegaconf import OmegaConf
 
+    from echo_lstm.distributed import is_secondary_rank
+
     name = safe_subdir(subdir, "hydra.sweep.subdir")
     path = Path(os.path.abspath(os.path.join(str(OmegaConf.select(_root_, "hydra.sweep.dir")), name)))
+    if is_secondary_rank():  # a DDP rank > 0 of the job (srun's task under submitit): rank 0 claims the dir
+        return name
     if str(path) not in jobs:  # (resolved more than once per job: claimed once)
         if requeued_slurm_job(path):  # a job SLURM requeued continues in its own dir (its last.ckpt)
             jobs[str(path)] = claim_existing(path, "hydra.sweep.subdir", appends=("train.log",))
