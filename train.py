@@ -45,7 +45,9 @@ def main(cfg: DictConfig) -> float:
         slurm.defer_signals()
     multirun, speaker = cli.is_multirun(), not is_secondary_rank()
     if multirun and speaker:
-        if rundir.sweep is None:  # a joblib worker (the sweep's own process claimed the sweep dir)
+        if rundir.sweep is None and not slurm.in_slurm_job():  # a joblib worker (the sweep's own process claimed
+            # the sweep dir). Not a SLURM job: its SIGTERM/USR1/USR2 are pre-emption, which requeues the job
+            # (callbacks/graceful_stop.py), not a stop of the sweep.
             from hydra.core.hydra_config import HydraConfig
 
             from echo_lstm.sweeps import stop
@@ -83,7 +85,9 @@ def main(cfg: DictConfig) -> float:
                 shutil.rmtree(job_dir, ignore_errors=True)
         elif not multirun and isinstance(error, LEAVES_NOTHING):
             release_claim()  # only what this run made, and nothing once it has written a checkpoint
-        if multirun and isinstance(error, Stopped) and speaker:  # recorded; the jobs after it do not start
+        # A stopped job of a sweep is recorded and the jobs after it do not start; not in a SLURM job, where a stop
+        # is pre-emption: the process ends (exit 128 + signal) and SLURM starts the requeued job again.
+        if multirun and isinstance(error, Stopped) and speaker and not slurm.in_slurm_job():
             from hydra.core.hydra_config import HydraConfig
 
             from echo_lstm.sweeps import stop
