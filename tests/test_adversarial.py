@@ -8,6 +8,7 @@ clumsy user's mistake, and checks the user's files byte for byte afterwards:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -422,7 +423,7 @@ def test_ctrl_c_of_a_parallel_sweep_ends_every_worker_and_says_what_was_kept(tmp
         time.sleep(0.5)
         assert live_group_members(proc.pid) == []  # no worker outlives the sweep
     finally:
-        with __import__("contextlib").suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     err.seek(0)
     stderr = err.read()
@@ -520,7 +521,7 @@ def test_ctrl_c_of_an_optuna_search_stops_it_and_its_trial_resumes_alone(tmp_pat
         os.killpg(proc.pid, signal.SIGINT)
         proc.wait(timeout=60)
     finally:
-        with __import__("contextlib").suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     err.seek(0)
     stderr = err.read()
@@ -589,7 +590,7 @@ def test_ctrl_c_while_a_parallel_sweep_starts_leaves_no_worker_and_nothing_behin
         time.sleep(0.5)
         assert live_group_members(proc.pid) == []
     finally:
-        with __import__("contextlib").suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     err.seek(0)
     stderr = err.read()
