@@ -44,9 +44,7 @@ def release_claim() -> None:
 
 
 if __name__ == "__main__":
-    from echo_lstm.evaluation import EvalConfig
-
     cli.run(main, sys.argv[1:], prepare=refuse_multirun, on_failure=release_claim, config_name="eval",
-            schema=EvalConfig, groups=("device",),
+            groups=("device",),
             about="eval.py: evaluate a trained checkpoint on fresh echo series; prints a table, writes eval.json.\n"
                   "  python eval.py ckpt_path=<.ckpt file or run dir> [key=value ...]  (device: one of conf/device/)")

@@ -7,17 +7,34 @@ from dataclasses import fields
 import pytorch_lightning as pl
 from conftest import TINY, make_datamodule, make_model
 
-from echo_lstm import compat
-from echo_lstm.config import OWNED, TrainerConfig
+from echo_lstm import compat, signatures
+from echo_lstm.config import OWNED, TRAINER, trainer_schema
 
 
-def test_trainer_config_is_every_trainer_argument_but_the_owned_ones():
-    accepted = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
-    schema = {f.name for f in fields(TrainerConfig)}
-    assert accepted - schema - set(OWNED) == set(), "new Trainer arguments: add them to config.TrainerConfig"
-    assert set(OWNED) <= accepted, "OWNED names arguments this Lightning no longer has"
-    newer = schema - accepted  # arguments of newer Lightning releases: passed on only where they exist
-    assert newer <= {"enable_autolog_hparams", "model_registry"}, newer
+def test_the_trainer_schema_is_the_installed_trainers_signature_but_the_owned_arguments():
+    # Read from Lightning's source without importing it (signatures.py): it must agree with what Python sees.
+    parameters = inspect.signature(pl.Trainer.__init__).parameters
+    schema = {f.name: f.default for f in fields(trainer_schema())}
+    assert schema.pop("_target_") == TRAINER
+    assert set(schema) == set(parameters) - {"self"} - set(OWNED)
+    assert set(OWNED) <= set(parameters), "OWNED names arguments this Lightning no longer has"
+    assert all(parameters[name].default == default for name, default in schema.items())
+
+
+def test_signatures_are_read_without_importing_and_agree_with_inspect():
+    import torch
+
+    from echo_lstm.data.echo import EchoDataModule
+    from echo_lstm.models.module import EchoLSTM
+    from echo_lstm.models.net import StackedRNN
+
+    for target, cls in [("echo_lstm.models.net.StackedRNN", StackedRNN), ("torch.optim.Adagrad", torch.optim.Adagrad),
+                        ("echo_lstm.data.echo.EchoDataModule", EchoDataModule),
+                        ("echo_lstm.models.module.EchoLSTM", EchoLSTM),
+                        ("pytorch_lightning.callbacks.EarlyStopping", pl.callbacks.EarlyStopping)]:
+        read = signatures.signature(target)
+        expected = [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "kwargs")]
+        assert list(read.params) == expected, target
 
 
 def test_validation_follows_predicts_lightnings_own_validations():

@@ -8,6 +8,7 @@ from conftest import compose
 from echo_lstm.cli import translate
 from echo_lstm.config import validate
 from echo_lstm.errors import ConfigError
+from echo_lstm.training import build
 
 
 def refusal(*overrides: str) -> str:
@@ -20,6 +21,7 @@ def refusal(*overrides: str) -> str:
         return translated.line()
     with pytest.raises(ConfigError) as error:
         validate(cfg)
+        build(cfg)  # the constructors' own checks (their ranges' one home)
     return error.value.line()
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY, compose, make_datamodule, make_model
 
-from echo_lstm.scoring import position_masks
+from echo_lstm.metrics import position_masks
 
 
 @pytest.mark.parametrize("layers", [1, 2, 5])

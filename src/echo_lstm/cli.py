@@ -39,6 +39,20 @@ OPTIONAL_PLUGINS = [
 ]
 
 
+# lightning-hydra-template's spellings, and what to type here instead.
+TEMPLATE_SPELLINGS = {
+    ("trainer", "cpu"): " (the device is its own group here: device=cpu)",
+    ("trainer", "gpu"): " (the device is its own group here: device=gpu)",
+    ("trainer", "mps"): " (the device is its own group here: device=auto)",
+    ("trainer", "ddp"): " (the device is its own group here: device=multi_gpu on GPUs, device=ddp_cpu on CPU)",
+    ("trainer", "ddp_sim"): " (the device is its own group here: device=ddp_cpu)",
+}
+
+
+NOT_NULL = {"seed": ": a run's data and weights follow from its seed; give an integer in [0, 2**32 - 1] "
+                    "(any, e.g. seed=$RANDOM; the run records it)"}
+
+
 def check_start(argv: list[str]) -> None:
     """What no setting can fix, said before Hydra meets it: a deleted current dir, arguments that are not text."""
     try:
@@ -80,28 +94,21 @@ def parses(override: str) -> bool:
         return False
 
 
-def siblings(key: str, schema: Any) -> list[str]:
-    """The keys next to `key` in the app's schema (for 'did you mean')."""
-    from dataclasses import fields, is_dataclass
+def siblings(parent: Any) -> list[str]:
+    """The keys of the node an unknown key was set in, and what its `_target_`'s constructor takes (for 'did you
+    mean')."""
+    from omegaconf import DictConfig
 
-    from echo_lstm.config import StackedRNNConfig
+    from echo_lstm.signatures import names
 
-    if key.startswith("model.net."):
-        return [f.name for f in fields(StackedRNNConfig)]
-    node: Any = schema
-    for part in key.split(".")[:-1]:
-        types = {f.name: f.default_factory if callable(f.default_factory) else None for f in fields(node)} \
-            if is_dataclass(node) else {}
-        factory = types.get(part)
-        if factory is None:
-            return []
-        node = factory()
-    return [f.name for f in fields(node)] if is_dataclass(node) else []
+    if not isinstance(parent, DictConfig):
+        return []
+    target = parent._get_node("_target_") if "_target_" in parent else None
+    return list(dict.fromkeys([str(k) for k in parent.keys()] + names(target._value() if target else None)))
 
 
-def translate(error: BaseException, argv: list[str], schema: Any = None) -> ConfigError | None:
-    """A Hydra or OmegaConf composition error as the app's one-line ConfigError; None for anything else. `schema`:
-    the app's config dataclass (train.py's by default), for the closest names of an unknown key."""
+def translate(error: BaseException, argv: list[str]) -> ConfigError | None:
+    """A Hydra or OmegaConf composition error as the app's one-line ConfigError; None for anything else."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
@@ -111,7 +118,8 @@ def translate(error: BaseException, argv: list[str], schema: Any = None) -> Conf
     if isinstance(error, MissingConfigException) and error.missing_cfg_file:
         group, _, option = str(error.missing_cfg_file).rpartition("/")
         if error.options:
-            return ConfigError(group or option, Raw(option), f"must be one of {', '.join(error.options)}")
+            return ConfigError(group or option, Raw(option), f"must be one of {', '.join(error.options)}"
+                                                             f"{TEMPLATE_SPELLINGS.get((group, option), '')}")
         return ConfigError("config", Raw(str(error.missing_cfg_file)), "no such config file")
     if isinstance(error, OverrideParseException):
         reason = str(error).splitlines()[0]
@@ -125,11 +133,7 @@ def translate(error: BaseException, argv: list[str], schema: Any = None) -> Conf
         leaf = key.rsplit(".", 1)[-1]
         if key.startswith("trainer.") and leaf in OWNED:
             return ConfigError(key, value, f"is set by {OWNED[leaf]}, not trainer.*")
-        if schema is None:
-            from echo_lstm.config import TrainConfig
-
-            schema = TrainConfig
-        close = difflib.get_close_matches(leaf, siblings(key, schema), n=3)
+        close = difflib.get_close_matches(leaf, siblings(getattr(cause, "parent_node", None)), n=3)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         return ConfigError(key, value, f"no such setting{hint}; `--cfg job` lists them")
     if isinstance(cause, ValidationError) and getattr(cause, "full_key", None):
@@ -138,7 +142,9 @@ def translate(error: BaseException, argv: list[str], schema: Any = None) -> Conf
         kinds = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "bool": "true or false",
                  "String": "a string"}
         allowed = f"must be {kinds.get(wanted.group(1), wanted.group(1))}" if wanted else text
-        return ConfigError(str(cause.full_key), Raw(str(cause.value)), allowed)
+        if "is not Optional" in text:
+            allowed = f"cannot be null{NOT_NULL.get(str(cause.full_key), '')}"
+        return ConfigError(str(cause.full_key), typed_value(argv, str(cause.full_key)), allowed)
     if isinstance(error, (ConfigCompositionException, OmegaConfBaseException)):
         text = str(error).strip().splitlines()[0]
         detail = str(cause).strip().splitlines()[0] if cause is not None and cause is not error else ""
@@ -179,7 +185,7 @@ def print_help(config_name: str, argv: list[str], about: str, groups: tuple[str,
 
 def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[str]], list[str]] | None = None,
         on_failure: Callable[[], None] | None = None, config_name: str = "train", about: str = "",
-        schema: Any = None, groups: tuple[str, ...] | None = None) -> None:
+        groups: tuple[str, ...] | None = None) -> None:
     """Run a Hydra app with the app's error promise (see the module docstring); exits on any handled failure.
 
     `prepare` may rewrite the command line before Hydra composes (resume); `on_failure` cleans up after a
@@ -232,9 +238,9 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
         sys.argv = [sys.argv[0], *argv]
         hydra_main()
     except Escaped as escaped:  # raised in the preflight callback: nothing may have passed its checks and claim
-        fail(escaped.error, argv, schema, on_failure, quiet, hydra_detail, before_the_run=True)
+        fail(escaped.error, argv, on_failure, quiet, hydra_detail, before_the_run=True)
     except (Exception, KeyboardInterrupt) as error:  # (KeyboardInterrupt: from a joblib worker of a stopped sweep)
-        fail(error, argv, schema, on_failure, quiet, hydra_detail)
+        fail(error, argv, on_failure, quiet, hydra_detail)
 
 
 def stop_requested() -> int | None:
@@ -253,7 +259,7 @@ def reader_left() -> None:
     sys.exit(141)  # 128 + SIGPIPE
 
 
-def fail(error: BaseException, argv: list[str], schema: Any, on_failure: Callable[[], None] | None, quiet: bool,
+def fail(error: BaseException, argv: list[str], on_failure: Callable[[], None] | None, quiet: bool,
          hydra_detail: bool, before_the_run: bool = False) -> None:
     """Report `error` in one line and exit, after `on_failure` (what this process claimed); re-raise a bug with its
     traceback, unless it came before the run started (then nothing ran: still one line, exit code 2)."""
@@ -280,7 +286,7 @@ def fail(error: BaseException, argv: list[str], schema: Any, on_failure: Callabl
             on_failure()  # (a run that has written a checkpoint keeps its dir: rundir.Claim.release)
         sys.exit(report(error, quiet))
     where = f"{rundir.current.path}/.hydra (Hydra's files)" if rundir.current else "an output file"
-    translated = None if hydra_detail else translate(error, argv, schema) or disk_error(error, where)
+    translated = None if hydra_detail else translate(error, argv) or disk_error(error, where)
     if translated is None and before_the_run and not hydra_detail:
         text = " ".join(str(error).split())[:200] or "no detail"
         translated = ConfigError("config", Raw("..."), f"cannot be checked before the run ({type(error).__name__}: "

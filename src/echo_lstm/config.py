@@ -13,39 +13,16 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING
 
-from echo_lstm import metrics
-from echo_lstm.errors import ConfigError
-from echo_lstm.models.cells import CELLS
+from echo_lstm import metrics, signatures
+from echo_lstm.errors import ConfigError, Raw
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-
-@dataclass
-class DataConfig:
-    _target_: str = MISSING
-    total_series_length: int = MISSING  # training bits per epoch, over all streams
-    batch_size: int = MISSING  # parallel streams (global, over all processes)
-    truncated_backprop_length: int = MISSING  # steps per chunk; one optimizer step per chunk
-    echo_step: int = MISSING  # target = input delayed by this many steps
-    chunks_per_batch: int = MISSING  # chunks handed to one training_step
-    val_series_length: int = MISSING  # fixed validation bits, over all streams
-    seed: int = MISSING
-
-
-@dataclass
-class ModelConfig:
-    _target_: str = MISSING
-    net: Any = MISSING  # the recurrent network, built by `_target_` (echo_lstm.models.net.StackedRNN)
-    carry_state: bool = MISSING  # false: the state is reset to zeros at every training chunk
-    per_chunk_hooks: bool = MISSING  # every chunk through Lightning's backward/step hooks (slower)
-    echo_step: int = MISSING
-    truncated_backprop_length: int = MISSING
 
 
 @dataclass
@@ -58,45 +35,20 @@ class DeviceConfig:
     process_group_backend: Any = None  # gloo | nccl | None (Lightning's default)
 
 
-@dataclass
-class TrainerConfig:
-    """Every argument of `pytorch_lightning.Trainer` that this app does not own elsewhere (see OWNED), with
-    Lightning's own defaults; `conf/trainer/default.yaml` sets this app's. `tests/test_compat.py` checks the
-    list against the installed Trainer's signature."""
+def trainer_schema() -> Any:
+    """The `trainer` node's schema: every argument of the installed `pytorch_lightning.Trainer` with Lightning's
+    default (read from its source: signatures.py), except those this app owns (OWNED); `conf/trainer/default.yaml`
+    sets this app's defaults. `instantiate(cfg.trainer)` builds a Trainer."""
+    from dataclasses import make_dataclass
 
-    fast_dev_run: Any = False
-    max_epochs: Any = None
-    min_epochs: Any = None
-    max_steps: int = -1  # counted in optimizer steps, i.e. chunks (checked after each training batch)
-    min_steps: Any = None
-    max_time: Any = None
-    limit_train_batches: Any = None
-    limit_val_batches: Any = None
-    limit_test_batches: Any = None
-    limit_predict_batches: Any = None
-    overfit_batches: Any = 0.0
-    val_check_interval: Any = None  # training batches between validations (or a fraction of an epoch)
-    check_val_every_n_epoch: Any = 1
-    num_sanity_val_steps: Any = None
-    log_every_n_steps: Any = None  # in training batches
-    enable_checkpointing: Any = None
-    enable_progress_bar: Any = None
-    enable_model_summary: Any = None
-    accumulate_grad_batches: int = 1  # refused unless 1: one optimizer step per chunk is the method
-    gradient_clip_val: Any = None  # applied per chunk by the model (manual optimization), as Lightning would
-    gradient_clip_algorithm: Any = None  # norm | value
-    deterministic: Any = None
-    benchmark: Any = None
-    inference_mode: bool = True
-    profiler: Any = None
-    detect_anomaly: bool = False
-    barebones: bool = False
-    sync_batchnorm: bool = False
-    reload_dataloaders_every_n_epochs: int = 0
-    enable_autolog_hparams: bool = True
-    model_registry: Any = None
+    sig = signatures.signature(TRAINER)
+    params = [p for p in (sig.params.values() if sig else ()) if p.name not in OWNED and
+              p.default not in (signatures.REQUIRED, signatures.UNKNOWN)]
+    return make_dataclass("TrainerConfig", [("_target_", str, field(default=TRAINER)),
+                                            *((p.name, Any, field(default=p.default)) for p in params)])
 
 
+TRAINER = "pytorch_lightning.Trainer"
 # Trainer arguments this app sets itself, and where a user sets them instead.
 OWNED = {
     "accelerator": "device.accelerator (the device config group: device=cpu|gpu|...)",
@@ -132,6 +84,10 @@ class StepsToEchoConfig:
 
 @dataclass
 class TrainConfig:
+    """The app's own settings (train.yaml's top level). The nodes that build objects (`data`, `model`, `optimizer`,
+    `logger`, `callbacks`) are checked against their `_target_`'s constructor (signatures.py), `trainer` against
+    Lightning's Trainer."""
+
     layers: int = MISSING
     seed: int = MISSING
     target_acc: float = MISSING
@@ -140,11 +96,11 @@ class TrainConfig:
     resume: Any = None  # a run dir (or "latest"): handled before Hydra composes (echo_lstm.resume)
     ckpt_path: Any = None  # a new run that starts from this checkpoint's weights and optimizer
     run_dir: str = MISSING
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
+    data: Any = MISSING
+    model: Any = MISSING
     optimizer: Any = MISSING  # `_target_` + `_partial_: true`: torch.optim.<Name>(params, **rest)
     device: DeviceConfig = field(default_factory=DeviceConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    trainer: Any = MISSING  # trainer_schema()
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     figure: FigureConfig = field(default_factory=FigureConfig)
     steps_to_echo: StepsToEchoConfig = field(default_factory=StepsToEchoConfig)
@@ -152,26 +108,18 @@ class TrainConfig:
     callbacks: Any = None
 
 
-@dataclass
-class StackedRNNConfig:
-    """The parameters of `echo_lstm.models.net.StackedRNN` (`model.net`), for typed checks in `validate`."""
-
-    _target_: str = "echo_lstm.models.net.StackedRNN"
-    cell: str = MISSING
-    layers: int = MISSING
-    state_size: int = MISSING
-    dropout: float = MISSING
-    forget_bias: float = MISSING
-
-
-STACKED_RNN = StackedRNNConfig._target_
+STACKED_RNN = "echo_lstm.models.net.StackedRNN"
 
 
 def register_configs() -> None:
+    from dataclasses import make_dataclass
+
     from hydra.core.config_store import ConfigStore
     from omegaconf import OmegaConf
 
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    schema = make_dataclass("TrainSchema", [("trainer", Any, field(default_factory=trainer_schema()))],
+                            bases=(TrainConfig,))
+    ConfigStore.instance().store(name="train_schema", node=schema)
     if not OmegaConf.has_resolver("sweep_job_name"):
         from echo_lstm.sweeps.naming import sweep_job_name
 
@@ -258,19 +206,20 @@ def validate(cfg: Any) -> list[str]:
     """Check every value; raise ConfigError on the first bad one, return warnings for odd-but-legal ones."""
     check_nodes(cfg)
     check_finite(cfg)
-    d, m, dev, t = cfg.data, cfg.model, cfg.device, cfg.trainer
+    d, dev, t = cfg.data, cfg.device, cfg.trainer
     _require(cfg.layers >= 1, "layers", cfg.layers, "must be an integer >= 1")
     _require(0 <= cfg.seed < 2**32, "seed", cfg.seed, "must be an integer in [0, 2**32 - 1]")
     _require(0 < cfg.target_acc <= 1, "target_acc", cfg.target_acc, "must be in (0, 1]")
     cores = available_cores()
     _require(0 <= cfg.threads <= cores, "threads", cfg.threads,
              f"must be between 0 (torch's default) and {cores}, the cores this process may use")
-    _require(cfg.optimized_metric in metrics.NAMES, "optimized_metric", cfg.optimized_metric,
+    _require(metrics.find(cfg.optimized_metric) is not None, "optimized_metric", cfg.optimized_metric,
              f"must be one of the logged metrics: {', '.join(metrics.NAMES)}")
     _require(cfg.ckpt_path is None or Path(str(cfg.ckpt_path)).expanduser().is_file(), "ckpt_path", cfg.ckpt_path,
              "no such checkpoint file")
-    validate_data(d)
-    validate_net(m.net)
+    for key in ("data", "model", "optimizer", "trainer", "callbacks", "logger"):
+        check_targets(cfg, key)
+    check_layers_home(cfg)
     validate_optimizer(cfg.optimizer)
     validate_trainer(t)
     validate_monitors(cfg.callbacks)
@@ -291,6 +240,8 @@ def validate(cfg: Any) -> list[str]:
     check_memory(cfg)
     warnings = []
     T = d.truncated_backprop_length
+    if min(d.batch_size, T, d.chunks_per_batch) < 1:
+        return warnings  # the data module refuses them (its own checks, when it is built)
     batches = -(-(d.total_series_length // d.batch_size // T) // d.chunks_per_batch)
     if _is_int(t.val_check_interval) and t.val_check_interval > batches:
         warnings.append(f"trainer.val_check_interval={t.val_check_interval} is more than the {batches} training "
@@ -301,38 +252,38 @@ def validate(cfg: Any) -> list[str]:
     return warnings
 
 
-def validate_data(d: Any) -> None:
-    _require(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be an integer >= 1 (number of streams)")
-    T = d.truncated_backprop_length
-    _require(T >= 1, "data.truncated_backprop_length", T, "must be an integer >= 1")
-    _require(d.echo_step >= 0, "data.echo_step", d.echo_step, "must be an integer >= 0")
-    _require(d.chunks_per_batch >= 1, "data.chunks_per_batch", d.chunks_per_batch, "must be an integer >= 1")
-    for key, length in (("data.total_series_length", d.total_series_length),
-                        ("data.val_series_length", d.val_series_length)):
-        _require(length // d.batch_size >= T, key, length,
-                 f"too short: needs at least batch_size * truncated_backprop_length = {d.batch_size * T} "
-                 "for one chunk per stream")
-        stream = length // d.batch_size // T * T
-        _require(d.echo_step < stream, "data.echo_step", d.echo_step,
-                 f"must be shorter than a stream ({stream} steps of {key}={length} over {d.batch_size} "
-                 "streams): no target would echo an input")
+def check_targets(cfg: Any, key: str) -> None:
+    """Every setting of a node that builds an object (`_target_`), and of the nodes inside it, against the class's
+    constructor (signatures.py): no unknown key, plain types as annotated. Its ranges are the constructor's."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    node = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+    if not isinstance(node, DictConfig):
+        return
+    target = OmegaConf.select(node, "_target_", throw_on_resolution_failure=False)
+    sig = signatures.signature(target) if isinstance(target, str) else None
+    for name in map(str, node.keys()):
+        try:
+            value = node[name]
+        except Exception:  # an interpolation that resolves only later (${hydra:...} before the run starts)
+            continue
+        if isinstance(value, DictConfig):
+            check_targets(cfg, f"{key}.{name}")
+        elif sig is not None and not name.startswith("_"):
+            wrong = signatures.problem(sig, name, OmegaConf.to_container(value) if isinstance(value, ListConfig)
+                                       else value)
+            _require(wrong is None, f"{key}.{name}", Raw(value) if isinstance(value, str) else value, wrong or "")
 
 
-def validate_net(net: Any) -> None:
+def check_layers_home(cfg: Any) -> None:
+    """`layers` is the one home of the layer count: `model.net.layers` only reads it (`${layers}`), so the run, its
+    hparams.yaml, the HParams tab and the memory check all see the same number."""
     from omegaconf import OmegaConf
 
-    if OmegaConf.select(net, "_target_") != STACKED_RNN:
-        return  # another network: its own constructor checks its arguments
-    try:
-        n = OmegaConf.merge(OmegaConf.structured(StackedRNNConfig), net)
-    except Exception as error:  # a wrong type or an unknown key under model.net
-        key = getattr(error, "full_key", "") or "?"
-        value = getattr(error, "value", None)
-        raise ConfigError(f"model.net.{key}", value, "does not fit echo_lstm.models.net.StackedRNN "
-                          f"({', '.join(f.name for f in fields(StackedRNNConfig)[1:])})") from None
-    _require(n.cell in CELLS, "model.net.cell", n.cell, f"must be one of {', '.join(CELLS)}")
-    _require(n.state_size >= 1, "model.net.state_size", n.state_size, "must be an integer >= 1")
-    _require(0.0 <= n.dropout < 1.0, "model.net.dropout", n.dropout, "must be in [0, 1)")
+    net = OmegaConf.to_container(cfg.model.net, resolve=False)
+    if "layers" in net and net["layers"] != "${layers}":
+        raise ConfigError("model.net.layers", net["layers"], f"is set by layers, its one home: type "
+                          f"layers={net['layers']} instead")
 
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -401,7 +352,7 @@ def validate_monitors(callbacks: Any) -> None:
     for name, callback in (callbacks or {}).items():
         monitor = callback.get("monitor") if callback is not None and hasattr(callback, "get") else None
         if monitor is not None:
-            _require(monitor in metrics.NAMES, f"callbacks.{name}.monitor", monitor,
+            _require(metrics.find(monitor) is not None, f"callbacks.{name}.monitor", monitor,
                      f"must be one of the logged metrics: {', '.join(metrics.NAMES)}")
 
 
@@ -438,7 +389,7 @@ def check_memory(cfg: Any) -> None:
     # A training epoch's series (x, y as int64, generated per stream then stacked: ~2 copies) and the validation's.
     needed = {"data.total_series_length": 32 * d.total_series_length,
               "data.val_series_length": 32 * d.val_series_length}
-    if OmegaConf.select(cfg, "model.net._target_") == STACKED_RNN:
+    if OmegaConf.select(cfg, "model.net._target_") == STACKED_RNN and _is_int(cfg.model.net.get("state_size")):
         h, layers = cfg.model.net.state_size, cfg.layers
         params = layers * (4 * h * (h + h + 2)) + 2 * h + 2  # an upper bound for any cell (LSTM: 4 gates)
         needed["model.net.state_size"] = 4 * 4 * params  # weights, gradients, two optimizer buffers (float32)

@@ -56,6 +56,13 @@ class ConfigError(EchoError, ValueError):
         return (ConfigError, (self.key, self.value, self.allowed))
 
 
+def check(ok: bool, name: str, value: Any, allowed: str) -> None:
+    """A constructor's check of its own argument (the one home of its range): `name=value` refused in one line. The
+    app names the whole setting (`data.batch_size`) wherever the class is configured (training.built)."""
+    if not ok:
+        raise ConfigError(name, value, allowed)
+
+
 class Diverged(EchoError):
     """The loss or the weights became NaN or infinite: raised before anything of the bad state is saved."""
 

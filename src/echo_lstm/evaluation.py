@@ -200,7 +200,7 @@ def scores(logits: Any, y: Any, echo_step: int) -> dict[str, float | None]:
     kind without positions (no boundary when echo_step = 0, no interior when echo_step >= T)."""
     import torch.nn.functional as F
 
-    from echo_lstm.scoring import position_masks
+    from echo_lstm.metrics import position_masks
 
     n_chunks, _, T = y.shape
     valid, boundary = position_masks(0, n_chunks, T, echo_step, y.device)

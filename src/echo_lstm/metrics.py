@@ -1,8 +1,9 @@
-"""The one registry of the metrics a run computes: their names, which way is better, and where they are logged.
+"""The metrics a run computes (`chunk_metrics`, for training and validation) and their one registry: names, which
+way is better, where they are logged. A new metric is one entry of METRICS and one line of `chunk_metrics`.
 
-Logging (the model), early stopping and checkpointing (`monitor` keys, checked against this list), the HParams
-tab, the sweep summary (columns and sort direction) and `optimized_metric` all read it. Light on purpose (no
-torch): config checks import it.
+Early stopping and checkpointing (`monitor` keys, checked against this list), the HParams tab, the sweep summary
+(columns and sort direction) and `optimized_metric` read the registry; a name may be a pattern (`train/grad/*`,
+for per-layer metrics). Light on purpose (torch is imported inside the functions): config checks import it.
 
 What the accuracies show (see the README, "What proves the carried state"):
 - `train/boundary_acc` is measured *while training*, at the positions whose target lies in the previous chunk.
@@ -15,6 +16,7 @@ What the accuracies show (see the README, "What proves the carried state"):
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass
 
 
@@ -52,6 +54,48 @@ SUMMARY = tuple(m.name for m in METRICS if m.summary)
 STEPS_TO_ECHO = "train/steps_to_echo"
 
 
+def find(name: str) -> Metric | None:
+    """The registry's entry for `name` (its own, or the first pattern that matches it)."""
+    return BY_NAME.get(name) or next((m for m in METRICS if fnmatch.fnmatchcase(name, m.name)), None)
+
+
 def better(name: str) -> str:
     """"max" or "min" for a registered metric (KeyError for others: callers check names first)."""
-    return BY_NAME[name].better
+    metric = find(name)
+    if metric is None:
+        raise KeyError(name)
+    return metric.better
+
+
+# Which positions of a chunk count for which accuracy. A position t of a stream (counted from the series' start)
+# has a target when t >= echo_step (before that, the target precedes the series and is 0 by definition: left out
+# of every accuracy). Its target lies in an *earlier* chunk when t % T < echo_step: a boundary position, which only
+# a carried state can get right. The others with a target are interior positions.
+def position_masks(first_chunk: int, n_chunks: int, chunk_length: int, echo_step: int, device=None):
+    """(valid, boundary) masks [n_chunks, 1, chunk_length] for chunks first_chunk.. of a stream: valid = the
+    target echoes an input of the series; boundary = valid and that input lies in an earlier chunk."""
+    import torch
+
+    t = torch.arange(n_chunks * chunk_length, device=device).reshape(n_chunks, 1, chunk_length)
+    t = t + first_chunk * chunk_length
+    valid = t >= echo_step
+    boundary = valid & (t % chunk_length < echo_step)
+    return valid, boundary
+
+
+def masked_acc(correct, mask):
+    mask = mask.expand_as(correct)
+    return (correct & mask).sum() / mask.sum().clamp(min=1)
+
+
+def chunk_metrics(stage: str, loss, preds, y, first_chunk: int, echo_step: int) -> dict:
+    """Loss and accuracies of chunks [chunks, streams, T] (tensors on the device: no host sync)."""
+    n_chunks, _, T = y.shape
+    valid, boundary = position_masks(first_chunk, n_chunks, T, echo_step, y.device)
+    correct = preds == y
+    return {
+        f"{stage}/loss": loss,
+        f"{stage}/acc": masked_acc(correct, valid),
+        f"{stage}/boundary_acc": masked_acc(correct, boundary),
+        f"{stage}/interior_acc": masked_acc(correct, valid & ~boundary),
+    }

@@ -152,22 +152,24 @@ def starting_point(cfg: DictConfig, run_dir: Path) -> Start:
 
 
 def trainer_arguments(cfg: DictConfig) -> dict[str, Any]:
-    """`trainer.*` for `pl.Trainer`: what the installed Lightning takes, minus what the model applies itself."""
-    import inspect
-
-    import pytorch_lightning as pl
-
-    accepted = inspect.signature(pl.Trainer.__init__).parameters
+    """`trainer.*` as given to `pl.Trainer`, minus what the model applies itself (clipping, per chunk)."""
     args = OmegaConf.to_container(cfg.trainer, resolve=True)
-    for key in ("gradient_clip_val", "gradient_clip_algorithm"):  # manual optimization: the model clips per chunk
-        args.pop(key)
-    from echo_lstm.config import TrainerConfig
+    args.pop("_target_", None)
+    return {**args, "gradient_clip_val": None, "gradient_clip_algorithm": None}
 
-    for key in [k for k in args if k not in accepted]:  # an argument of a newer Lightning: dropped if not set
-        if args.pop(key) != TrainerConfig.__dataclass_fields__[key].default:
-            raise ConfigError(f"trainer.{key}", cfg.trainer[key],
-                              f"is not an argument of this pytorch_lightning ({pl.__version__})")
-    return args
+
+def build(cfg: DictConfig) -> tuple[Any, Any]:
+    """The data module and the model (`instantiate(cfg.data)`, `instantiate(cfg.model)`), with the optimizer built
+    once, so that a setting any of them refuses is one line naming it, before the Trainer starts."""
+    import torch
+    from hydra.utils import instantiate
+
+    datamodule = built("data", cfg.data, lambda: instantiate(cfg.data))
+    model = built("model", cfg.model, lambda: instantiate(cfg.model))
+    optimizer = built("optimizer", cfg.optimizer, model.configure_optimizers)
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError("optimizer._target_", cfg.optimizer._target_, "must name a torch.optim.Optimizer class")
+    return datamodule, model
 
 
 def train(cfg: DictConfig, callbacks: list[Any] | None = None) -> RunResult:
@@ -193,6 +195,7 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
     quiet_libraries()
     import pytorch_lightning as pl
     import torch
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
     from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
@@ -207,14 +210,7 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
     if threads > 0:
         torch.set_num_threads(threads)
     pl.seed_everything(cfg.seed, verbose=False)
-    datamodule = built("data", cfg.data, lambda: instantiate(cfg.data))
-    model = built("model.net", cfg.model.net, lambda: instantiate(
-        cfg.model, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-        gradient_clip_val=cfg.trainer.gradient_clip_val, gradient_clip_algorithm=cfg.trainer.gradient_clip_algorithm,
-        _recursive_=False))
-    optimizer = built("optimizer", cfg.optimizer, model.configure_optimizers)  # refused now, not inside fit
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise ConfigError("optimizer._target_", cfg.optimizer._target_, "must name a torch.optim.Optimizer class")
+    datamodule, model = build(cfg)
     # Resuming appends to the same TensorBoard run; purge_step tells TensorBoard to drop what the interrupted run
     # logged after its last checkpoint, so no step appears twice.
     loggers = build_loggers(cfg, **({"purge_step": start.step + 1} if start.in_place else {}))
@@ -227,6 +223,9 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
         args["enable_checkpointing"] = False  # no checkpoint callback configured: none of Lightning's either
     if isinstance(args.get("val_check_interval"), int):  # fewer batches than that: once per epoch (warned)
         args["val_check_interval"] = min(args["val_check_interval"], batches_per_epoch(args, datamodule))
+    for key, n in (("limit_train_batches", len(datamodule.train_dataloader())), ("limit_val_batches", 1)):
+        if isinstance(args.get(key), float) and 0 < args[key] < 1:  # a share of an epoch: at least one batch
+            args[key] = max(1, int(n * args[key]))
     plugins: list[Any] = [AtomicCheckpointIO(run_dir / "checkpoints")]  # see callbacks/checkpoint.py
     from pytorch_lightning.plugins.environments import SLURMEnvironment
 
@@ -239,10 +238,12 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
             raise ConfigError("srun", Raw(f"--ntasks={os.environ.get('SLURM_NTASKS')}"),
                               f"Lightning refuses it: {str(error).strip().splitlines()[0]}") from None
     try:
-        trainer = pl.Trainer(**device, **args, logger=loggers or False, callbacks=callbacks,
-                             default_root_dir=str(run_dir), use_distributed_sampler=False, plugins=plugins)
-    except (MisconfigurationException, ValueError, TypeError) as error:
-        raise trainer_refusal(error, cfg) from None
+        trainer = instantiate(cfg.trainer, **device, **args, logger=loggers or False, callbacks=callbacks,
+                              default_root_dir=str(run_dir), use_distributed_sampler=False, plugins=plugins,
+                              _convert_="all")
+    except (MisconfigurationException, ValueError, TypeError, InstantiationException) as error:
+        raise trainer_refusal(error.__cause__ or error if isinstance(error, InstantiationException) else error,
+                              cfg) from None
     if os.environ.get("SLURM_JOB_ID") and trainer.is_global_zero:
         from echo_lstm.rundir import write_file
 
@@ -359,10 +360,28 @@ def built(key: str, node: Any, make: Any) -> Any:
     except (InstantiationException, TypeError, ValueError, ImportError, AttributeError) as error:
         while error.__cause__ is not None:  # Hydra wraps the error that says what is wrong
             error = error.__cause__
+        if isinstance(error, ConfigError):  # a constructor's own check (errors.check): name the whole setting
+            raise ConfigError(setting(key, node, error.key), error.value, error.allowed) from None
         text = " ".join(line.strip() for line in str(error).strip().splitlines()) or type(error).__name__
         text = text.split(", set env var HYDRA_FULL_ERROR")[0][:240]
         target = OmegaConf.select(node, "_target_", default="?") if OmegaConf.is_config(node) else "?"
         raise ConfigError(f"{key}._target_", Raw(target), f"cannot be built: {text}") from None
+
+
+def setting(key: str, node: Any, name: str) -> str:
+    """The full key of the argument `name` that a class built from `node` (at `key`) refused: where it is set in the
+    node or a node inside it, or the top-level setting it reads (`model.net.layers: ${layers}` -> `layers`)."""
+    raw = OmegaConf.to_container(node, resolve=False)
+
+    def find(d: dict[str, Any], prefix: str) -> str | None:
+        if name in d and not isinstance(d[name], dict):
+            value = d[name]
+            if isinstance(value, str) and value.startswith("${") and value.endswith("}") and ":" not in value:
+                return value[2:-1]
+            return prefix + name
+        return next((f for k, v in d.items() if isinstance(v, dict) and (f := find(v, f"{prefix}{k}."))), None)
+
+    return find(raw, f"{key}.") or f"{key}.{name}"
 
 
 def trainer_refusal(error: BaseException, cfg: DictConfig) -> ConfigError:
@@ -431,7 +450,8 @@ def summary_lines(result: RunResult, cfg: DictConfig) -> list[str]:
              f"  final: {shown}", *[f"  note: {n}" for n in result.notes], f"  run dir: {rel}"]
     if result.best:
         lines.append(f"  best checkpoint: {relpath(result.best)}")
-    lines.append(f"  view: {command('tensorboard', '--logdir', rel)}")
+    if any(result.run_dir.glob("events.out.tfevents.*")):  # a TensorBoard logger ran
+        lines.append(f"  view: {command('tensorboard', '--logdir', rel)}")
     return lines
 
 

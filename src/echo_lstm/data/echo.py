@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 import torch
 
 from echo_lstm.data.series import TRAIN, VAL, echo_series, to_chunks
+from echo_lstm.errors import check
 
 
 class ChunkBlocks:
@@ -105,9 +106,23 @@ class EchoDataModule(pl.LightningDataModule):
         seed: int,
     ):
         super().__init__()
+        T = truncated_backprop_length
+        check(batch_size >= 1, "batch_size", batch_size, "must be an integer >= 1 (number of streams)")
+        check(T >= 1, "truncated_backprop_length", T, "must be an integer >= 1")
+        check(echo_step >= 0, "echo_step", echo_step, "must be an integer >= 0")
+        check(chunks_per_batch >= 1, "chunks_per_batch", chunks_per_batch, "must be an integer >= 1")
+        for name, length in (("total_series_length", total_series_length), ("val_series_length", val_series_length)):
+            check(length // batch_size >= T, name, length, f"too short: needs at least batch_size * "
+                  f"truncated_backprop_length = {batch_size * T} for one chunk per stream")
+            stream = length // batch_size // T * T
+            check(echo_step < stream, "echo_step", echo_step, f"must be shorter than a stream ({stream} steps of "
+                  f"{name}={length} over {batch_size} streams): no target would echo an input")
         self.save_hyperparameters(logger=False)
         self.stream_length = total_series_length // batch_size
-        self.n_chunks = self.stream_length // truncated_backprop_length
+        self.n_chunks = self.stream_length // T
+
+    def setup(self, stage: str | None = None) -> None:
+        """Nothing to prepare: the series are generated per epoch, on the device (make_epoch)."""
 
     def local_streams(self) -> range:
         """The streams this process owns: a contiguous, fixed slice of the global batch_size streams."""

@@ -34,7 +34,7 @@ from hydra.utils import instantiate
 
 from echo_lstm import compat
 from echo_lstm.errors import Diverged
-from echo_lstm.scoring import chunk_metrics
+from echo_lstm.metrics import chunk_metrics
 
 
 def plain(config: Any) -> Any:

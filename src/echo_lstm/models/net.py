@@ -17,14 +17,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from echo_lstm.errors import check
 from echo_lstm.models.cells import CELLS
 
 
 class StackedRNN(nn.Module):
     def __init__(self, cell: str, layers: int, state_size: int, dropout: float = 0.0, forget_bias: float = 0.0):
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"cell={cell!r}: must be one of {', '.join(CELLS)}")
+        check(cell in CELLS, "cell", cell, f"must be one of {', '.join(CELLS)}")
+        check(layers >= 1, "layers", layers, "must be an integer >= 1")
+        check(state_size >= 1, "state_size", state_size, "must be an integer >= 1")
+        check(0.0 <= dropout < 1.0, "dropout", dropout, "must be in [0, 1)")
         self.cell, self.layers, self.state_size, self.parts = cell, layers, state_size, CELLS[cell]
         self.rnn = getattr(nn, cell.upper())(
             input_size=1, hidden_size=state_size, num_layers=layers, batch_first=True,

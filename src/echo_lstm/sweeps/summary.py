@@ -108,7 +108,7 @@ def direction_of(config: DictConfig, metric: str) -> str:
     text = str(getattr(direction, "name", direction) or "").lower()
     if "max" in text or "min" in text:
         return "maximize" if "max" in text else "minimize"
-    return "minimize" if registry.BY_NAME.get(metric) and registry.better(metric) == "min" else "maximize"
+    return "minimize" if registry.find(metric) and registry.better(metric) == "min" else "maximize"
 
 
 def format_value(value: Any, column: str = "") -> str:
