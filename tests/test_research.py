@@ -133,7 +133,7 @@ def test_figure_without_tensorboard_goes_to_png_files(tmp_path):
     train(compose(*TINY, "logger=csv", "figure.every_n_steps=50", "trainer.max_epochs=1", run_dir=tmp_path))
     files = sorted(p.name for p in (tmp_path / "figures").iterdir())
     assert files == ["step_00000052.png", "step_00000060.png"]  # crossing 50 (block of 4 ends at 52); the end
-    assert decode((tmp_path / "figures" / files[0]).read_bytes()).size == (900, 500)
+    assert decode((tmp_path / "figures" / files[0]).read_bytes()).size == (800, 450)
     assert (tmp_path / "metrics.csv").is_file()
 
 
