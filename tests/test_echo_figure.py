@@ -53,7 +53,7 @@ def expected_columns(values: np.ndarray, width: int) -> np.ndarray:
 
 def test_size_dtype_and_not_blank():
     img = draw_echo_figure(*echo_chunk(), *curve(), title="step 128, epoch 0")
-    assert img.shape == (500, 900, 3) and img.dtype == np.uint8
+    assert img.shape == (450, 800, 3) and img.dtype == np.uint8
     assert (img == 255).all(axis=-1).mean() > 0.5  # a white background
     grey = (img[..., 0] == img[..., 1]) & (img[..., 1] == img[..., 2]) & (img[..., 0] < 128)
     assert grey[:20].any() and grey[20:].any()  # the title, the frames and labels

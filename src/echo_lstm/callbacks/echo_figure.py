@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 class EchoFigure(pl.Callback):
-    def __init__(self, every_n_steps: int = 100, streams: int = 5, width: int = 900, height: int = 500,
+    def __init__(self, every_n_steps: int = 100, streams: int = 3, width: int = 800, height: int = 450,
                  dirpath: str | None = None, tag: str = "echo/chunk"):
         self.every_n_steps = every_n_steps
         self.streams = streams

@@ -30,7 +30,9 @@ class StepsToEcho(Callback):
     If the run ends without either, the value is `inf` in `trainer.callback_metrics` (a sweeper minimising
     it sees the worst value) and nothing is written to TensorBoard.
 
-    The value is written once, straight to the loggers, at the step it names (the x axis of the curves).
+    The value is written once, straight to the loggers, at the step it names (the x axis of the curves). For
+    TensorBoard (where one point draws no line) also at step 0, so that its chart is a horizontal line from 0 to
+    the step it names, and as a card of the Text tab that says how it was reached.
     Progress is saved in checkpoints (`state_dict`): a resumed run neither forgets a step already reached
     nor restarts its window.
     """
@@ -76,8 +78,21 @@ class StepsToEcho(Callback):
         return False
 
     def _write(self, trainer: pl.Trainer) -> None:
+        from pytorch_lightning.loggers import TensorBoardLogger
+
         for logger in trainer.loggers:  # rank 0 only (loggers are)
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_metrics({self.name: float(self.reached_at)}, step=0)  # a line from 0, not one dot
+                logger.experiment.add_text(self.name, self.story(), self.reached_at)
             logger.log_metrics({self.name: float(self.reached_at)}, step=self.reached_at)
+
+    def story(self) -> str:
+        """How the step was reached, for TensorBoard's Text tab."""
+        how = (f"the training boundary accuracy, averaged over the last {self.window} chunks, reached target_acc "
+               f"{self.target_acc}" if self.via == "train window" else
+               f"validation reached target_acc {self.target_acc} and early stopping ended the run, before the "
+               f"training window (last {self.window} chunks) confirmed it")
+        return f"**{self.reached_at}** steps (chunks) to learn the echo: {how}."
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._seen_step = trainer.global_step  # on resume: the checkpoint's step

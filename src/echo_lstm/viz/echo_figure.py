@@ -4,10 +4,14 @@ What it shows (as in the 2016 tutorial): a title line, the training loss so far,
 chunk of T time steps as bars on a 0..2 axis: input (blue, height 1), target (red, 0.5) over it, prediction
 (green, 0.3) on top. A learned echo shows red and green bars that coincide.
 
+Made to be read where TensorBoard shows it: ~350 x 200 px (its Images tab and Time Series cards), 0.44 of the
+default 800 x 450. So one column of full-width panels (the loss, then each stream), few labels, and a font
+that grows with the figure (1/18 of its height: 11 px on the card).
+
 Why not matplotlib: its figure costs ~40 ms, too much for the training process, and a process pool to hide
 it breaks under some launchers. Here the static layout (frames, labels, legend) is drawn once per shape and
 each figure copies it and writes only the data: the bars with numpy, the loss polyline and a few labels with
-PIL. 1-2 ms a figure (900x500, PNG included), so a callback can draw it inline every N chunks, under any
+PIL. 1-2 ms a figure (800x450, PNG included), so a callback can draw it inline every N chunks, under any
 launcher. Imports only numpy and PIL: never torch, Lightning or matplotlib.
 
 The picture is palette indices (1 byte a pixel; a "P" PNG). Indices 5..255 are the greys of their level, so
@@ -29,7 +33,6 @@ PALETTE = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
 PALETTE[[BLUE, RED, GREEN, LOSS]] = [(0, 0, 255), (255, 0, 0), (0, 160, 0), (31, 119, 180)]
 # (legend name, index, height in y units), drawn in this order: each bar over the previous ones.
 BARS = (("input", BLUE, 1.0), ("target", RED, 0.5), ("prediction", GREEN, 0.3))
-COLS = 3  # grid columns; the loss panel is the first cell
 
 
 def _font(size: int | None = None) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -57,61 +60,50 @@ class EchoFigureDrawer:
     panel, then stream 0, 1, ... (empty where the figure is too small for the panel).
     """
 
-    def __init__(self, width: int = 900, height: int = 500):
+    def __init__(self, width: int = 800, height: int = 450):
         self.width, self.height = max(1, int(width)), max(1, int(height))
-        self.font, self.title_font = _font(), _font(12)
+        self.font = _font(max(8, round(min(self.width / 26, self.height / 18))))
         self._key: tuple[int, int] | None = None
         self.cells: list[tuple[int, int, int, int]] = []  # per panel: (left, top, width, height) of its cell
         self.boxes: list[tuple[int, int, int, int]] = []
 
-    def _text(self, d: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, align: str = "l",
-              font: ImageFont.ImageFont | ImageFont.FreeTypeFont | None = None) -> None:
+    def _text(self, d: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, align: str = "l") -> None:
         """Text whose left ("l"), centre ("c") or right ("r") end is at x, its ink vertically centred on y."""
-        font = font or self.font
-        w, (_, top, _, bottom) = font.getlength(text), font.getbbox("0")
+        w, (_, top, _, bottom) = self.font.getlength(text), self.font.getbbox("0")
         x = xy[0] - {"l": 0, "c": w / 2, "r": w}[align]
-        d.text((round(x), round(xy[1] - (top + bottom) / 2)), text, fill=INK, font=font)
+        d.text((round(x), round(xy[1] - (top + bottom) / 2)), text, fill=INK, font=self.font)
 
     def _build(self, streams: int, T: int) -> None:
         W, H = self.width, self.height
         th = self.font.getbbox("Ag")[3]  # a text line's height
-        self._title_h = min(th + 10, H // 5)
-        rows = math.ceil((1 + streams) / COLS)
-        cw, ch = max(0, (W - 4) // COLS), max(0, (H - self._title_h - 2) // rows)
-        self._labels = cw >= 120 and ch >= 5 * th  # room for labels and ticks, else bare frames
-        ml, mr, mt, mb = (36, 12, th + 4, th + 6) if self._labels else (2, 2, 1, 1)
+        self._title_h = min(th + th // 2, H // 5)
+        ch = max(0, (H - self._title_h - 2) // (1 + streams))  # one column: the loss panel, then each stream
+        self._labels = W >= 8 * th and ch >= 3 * th  # room for labels, else bare frames
+        ml, mr = (round(self.font.getlength("0.00")) + th // 2, th // 2) if self._labels else (2, 2)
         im = Image.new("L", (W, H), WHITE)
         d = ImageDraw.Draw(im)
         self.cells, self.boxes = [], []
         for i in range(1 + streams):
-            cx, cy = 2 + (i % COLS) * cw, self._title_h + (i // COLS) * ch
-            x0, y0, x1, y1 = cx + ml, cy + mt, max(cx + ml, cx + cw - mr), max(cy + mt, cy + ch - mb)  # frame
-            self.cells.append((cx, cy, cw, ch))
+            cy = self._title_h + i * ch
+            mb = th + th // 4 if i == 0 and self._labels else 2  # the loss panel: its steps below it
+            x0, y0, x1, y1 = ml, cy + 1, max(ml, W - mr), max(cy + 1, cy + ch - mb)  # the frame
+            self.cells.append((0, cy, W, ch))
             self.boxes.append((y0 + 1, max(y0 + 1, y1 - 1), x0 + 1, max(x0 + 1, x1 - 1)))
             if x1 - x0 < 3 or y1 - y0 < 3:
                 continue
             d.rectangle((x0, y0, x1 - 1, y1 - 1), outline=INK)
-            if not self._labels:
-                continue
-            self._text(d, ((x0 + x1) / 2, cy + th / 2), "train/loss" if i == 0 else f"stream {i - 1}", "c")
-            if i == 0:
-                continue  # the loss panel's ticks follow the curve: drawn with it
-            for v in (0, 1, 2):
-                r = y1 - 1 - round(v / 2 * (y1 - 1 - y0))
-                d.line((x0 - 3, r, x0 - 1, r), fill=INK)
-                self._text(d, (x0 - 5, r), str(v), "r")
-            for t in sorted({0, T - 1}) if T else []:
-                c = x0 + 1 + (t + 0.5) * (x1 - x0 - 2) / T
-                d.line((c, y1, c, y1 + 2), fill=INK)
-                self._text(d, (c, y1 + 4 + th / 2), str(t), "c")
+            if self._labels:  # in the frame's top corner: the curve falls from the left, bars fill the lower half
+                self._text(d, (x1 - th // 2, y0 + th * 0.6), "train/loss", "r") if i == 0 else \
+                    self._text(d, (x0 + th // 3, y0 + th * 0.6), f"stream {i - 1}")
         self._legend_x = W
-        if self._labels and self._title_h > th:  # the legend, right in the title band
-            widths = [12 + round(self.font.getlength(name)) + 12 for name, _, _ in BARS]
-            self._legend_x = x = W - 4 - sum(widths) + 12
+        box, gap = th // 2, th // 4
+        widths = [box + gap + round(self.font.getlength(name)) + th // 2 for name, _, _ in BARS]
+        if self._labels and self._title_h > th and W - sum(widths) >= 9 * th:  # the legend, right of the title
+            self._legend_x = x = W - 2 - sum(widths) + th // 2
+            mid = self._title_h // 2
             for (name, index, _), w in zip(BARS, widths, strict=True):
-                mid = self._title_h // 2
-                d.rectangle((x, mid - 4, x + 8, mid + 4), fill=index)
-                self._text(d, (x + 12, mid), name)
+                d.rectangle((x, mid - box // 2, x + box, mid + box // 2), fill=index)
+                self._text(d, (x + box + gap, mid), name)
                 x += w
         self._background = np.asarray(im).copy()
         # Bars: the lower half of a frame (y 0..1 of 0..2); one row of bars per stream, mapped to the columns.
@@ -156,14 +148,15 @@ class EchoFigureDrawer:
         cx, cy, cw, ch = self.cells[0]
         im = Image.fromarray(img[cy:cy + ch, cx:cx + cw])
         d = ImageDraw.Draw(im)
-        d.line(np.column_stack((xs - cx, np.rint(ys) - cy)).astype(np.int64).ravel().tolist(), fill=LOSS)
+        d.line(np.column_stack((xs - cx, np.rint(ys) - cy)).astype(np.int64).ravel().tolist(), fill=LOSS,
+               width=max(1, round(self.font.getbbox("Ag")[3] / 10)))  # ~1.5 px on TensorBoard's card
         if self._labels:
-            x0, y1 = left - 1 - cx, bottom - cy
-            for v in (lo, (lo + hi) / 2, hi):
+            x0, y1, th = left - 1 - cx, bottom - cy, self.font.getbbox("Ag")[3]
+            for v in (lo, hi):
                 r = y1 - round((v - lo) / (hi - lo) * (bottom - top + 1))
-                d.line((x0 - 3, r, x0 - 1, r), fill=INK)
-                self._text(d, (x0 - 5, r), f"{v:.3g}", "r")
-            label_y = y1 + 5 + self.font.getbbox("Ag")[3] / 2
+                d.line((x0 - th // 4, r, x0 - 1, r), fill=INK)
+                self._text(d, (x0 - th // 3, min(max(r, th / 2), y1 - th / 2)), f"{v:.3g}", "r")
+            label_y = y1 + 1 + th * 0.6
             self._text(d, (x0, label_y), _fmt(s[0]))
             self._text(d, (right - cx, label_y), _fmt(s[-1]), "r")
         img[cy:cy + ch, cx:cx + cw] = np.asarray(im)
@@ -172,9 +165,7 @@ class EchoFigureDrawer:
         if not title or self._title_h < 4:
             return
         im = Image.fromarray(img[:self._title_h])
-        w = self.title_font.getlength(title)
-        x = max(2.0, min((self.width - w) / 2, self._legend_x - w - 16))  # centred, clear of the legend
-        self._text(ImageDraw.Draw(im), (x, self._title_h / 2), title, font=self.title_font)
+        self._text(ImageDraw.Draw(im), (2, self._title_h / 2), title)  # left, the legend right
         img[:self._title_h] = np.asarray(im)
 
     def draw_indices(self, x: np.ndarray, y: np.ndarray, pred: np.ndarray, steps: np.ndarray,
@@ -236,7 +227,7 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def draw_echo_figure(x: np.ndarray, y: np.ndarray, pred: np.ndarray, steps: np.ndarray, losses: np.ndarray,
-                     width: int = 900, height: int = 500, title: str = "") -> np.ndarray:
+                     width: int = 800, height: int = 450, title: str = "") -> np.ndarray:
     """One figure as an RGB uint8 array [height, width, 3]. x, y, pred: [streams, T] arrays of 0/1 (any int
     or float dtype); steps, losses: 1-D arrays (may be empty; non-finite values are skipped) of the loss curve
     so far. To draw many, keep an `EchoFigureDrawer`: it reuses the static layout."""
