@@ -246,7 +246,7 @@ def validate(cfg: Any) -> list[str]:
     if _is_int(t.val_check_interval) and t.val_check_interval > batches:
         warnings.append(f"trainer.val_check_interval={t.val_check_interval} is more than the {batches} training "
                         "batch(es) of an epoch: validating once per epoch instead")
-    if d.echo_step >= T:
+    if T <= d.echo_step < d.total_series_length // d.batch_size // T * T:  # (longer: the data module refuses it)
         warnings.append(f"data.echo_step={d.echo_step} >= data.truncated_backprop_length={T}: every target lies in "
                         "an earlier chunk, beyond the reach of truncated backpropagation")
     return warnings

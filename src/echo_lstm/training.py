@@ -358,14 +358,31 @@ def built(key: str, node: Any, make: Any) -> Any:
     try:
         return make()
     except (InstantiationException, TypeError, ValueError, ImportError, AttributeError) as error:
-        while error.__cause__ is not None:  # Hydra wraps the error that says what is wrong
+        import re
+
+        targets = []
+        while error.__cause__ is not None:  # Hydra wraps the error that says what is wrong (once per nested object)
+            targets += re.findall(r"Error in call to target '([^']+)'", str(error))[:1]
             error = error.__cause__
         if isinstance(error, ConfigError):  # a constructor's own check (errors.check): name the whole setting
             raise ConfigError(setting(key, node, error.key), error.value, error.allowed) from None
+        inner = [path for path, n in nodes(node) if path and str(n.get("_target_")).rsplit(".")[-1] ==
+                 targets[-1].rsplit(".")[-1]] if len(targets) > 1 else []
+        if inner:  # an object built inside another (model.net inside model): name its node
+            key, node = f"{key}.{inner[0]}", OmegaConf.select(node, inner[0])
         text = " ".join(line.strip() for line in str(error).strip().splitlines()) or type(error).__name__
         text = text.split(", set env var HYDRA_FULL_ERROR")[0][:240]
         target = OmegaConf.select(node, "_target_", default="?") if OmegaConf.is_config(node) else "?"
         raise ConfigError(f"{key}._target_", Raw(target), f"cannot be built: {text}") from None
+
+
+def nodes(node: Any, path: str = "") -> list[tuple[str, Any]]:
+    """`node` and every node inside it, with their paths ("", "net", ...)."""
+    found = [(path, node)]
+    for k, v in node.items_ex(resolve=False) if isinstance(node, DictConfig) else ():
+        if isinstance(v, DictConfig):
+            found += nodes(v, f"{path}.{k}".lstrip("."))
+    return found
 
 
 def setting(key: str, node: Any, name: str) -> str:
@@ -375,9 +392,9 @@ def setting(key: str, node: Any, name: str) -> str:
 
     def find(d: dict[str, Any], prefix: str) -> str | None:
         if name in d and not isinstance(d[name], dict):
-            value = d[name]
-            if isinstance(value, str) and value.startswith("${") and value.endswith("}") and ":" not in value:
-                return value[2:-1]
+            found = d[name]
+            if isinstance(found, str) and found.startswith("${") and found.endswith("}") and ":" not in found:
+                return found[2:-1]
             return prefix + name
         return next((f for k, v in d.items() if isinstance(v, dict) and (f := find(v, f"{prefix}{k}."))), None)
 
