@@ -1,7 +1,7 @@
 """Evaluate a trained checkpoint on fresh echo series: `python eval.py ckpt_path=<.ckpt file or run dir>`.
 
 Prints a table of the metrics and writes them to `<output dir>/eval.json` (outputs/evals/<date>_<time>/); see
-echo_lstm/evaluation.py for what each one measures. Only Hydra and the config schema are imported up front, so
+echo_lstm/machinery/evaluation.py for what each one measures. Only Hydra and the config schema are imported up front, so
 `--help`, `--cfg` and config errors answer fast. Every mistake a user can make is one `error:` line with exit
 code 2, and leaves no output dir behind.
 """
@@ -12,9 +12,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from echo_lstm import cli, rundir
-from echo_lstm.errors import EchoError, report
-from echo_lstm.evaluation import refuse_multirun, register_configs
+from echo_lstm.machinery import cli, rundir
+from echo_lstm.machinery.errors import EchoError, report
+from echo_lstm.machinery.evaluation import refuse_multirun, register_configs
 
 register_configs()
 
@@ -23,7 +23,7 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from echo_lstm.evaluation import evaluate, table, write
+    from echo_lstm.machinery.evaluation import evaluate, table, write
 
     try:
         result = evaluate(cfg)

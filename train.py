@@ -1,8 +1,8 @@
 """Train the echo LSTM: `python train.py [overrides]`, e.g. `python train.py layers=5`.
 
 Only Hydra and the config schema are imported up front: `--help`, `--cfg` and config errors answer fast. Every
-failure a user can cause ends with one line and an exit code (echo_lstm/errors.py): 2 a bad setting, checkpoint
-or dir, 3 training diverged, 4 a write failed, 5 a DDP process died, 130/143 stopped by Ctrl-C/SIGTERM.
+failure a user can cause ends with one line and an exit code (echo_lstm/machinery/errors.py): 2 a bad setting,
+checkpoint or dir, 3 training diverged, 4 a write failed, 5 a DDP process died, 130/143 stopped by Ctrl-C/SIGTERM.
 """
 
 import os
@@ -24,22 +24,22 @@ from pathlib import Path  # noqa: E402
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from echo_lstm import cli, rundir  # noqa: E402
-from echo_lstm.config import register_configs, validate  # noqa: E402
-from echo_lstm.distributed import RANK_OVERRIDES, is_launched_rank, is_secondary_rank  # noqa: E402
-from echo_lstm.errors import LEAVES_NOTHING, ConfigError, EchoError, Stopped, report  # noqa: E402
+from echo_lstm.machinery import cli, rundir  # noqa: E402
+from echo_lstm.machinery.config import register_configs, validate  # noqa: E402
+from echo_lstm.machinery.distributed import RANK_OVERRIDES, is_launched_rank, is_secondary_rank  # noqa: E402
+from echo_lstm.machinery.errors import LEAVES_NOTHING, ConfigError, EchoError, Stopped, report  # noqa: E402
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from echo_lstm import distributed
-    from echo_lstm.sweeps.summary import JobResult
+    from echo_lstm.machinery import distributed
+    from echo_lstm.machinery.sweeps.summary import JobResult
 
     distributed.entry_script = Path(__file__).resolve()  # what a DDP rank runs
     logging.captureWarnings(True)  # library warnings to train.log only (cli.NoLibraryWarnings), in a joblib worker too
-    from echo_lstm import slurm
+    from echo_lstm.machinery import slurm
 
     if slurm.in_slurm_job():  # (an sbatch script's `srun python train.py`: submitit's launcher did it already)
         slurm.defer_signals()
@@ -47,10 +47,10 @@ def main(cfg: DictConfig) -> float:
     if multirun and speaker:
         if rundir.sweep is None and not slurm.in_slurm_job():  # a joblib worker (the sweep's own process claimed
             # the sweep dir). Not a SLURM job: its SIGTERM/USR1/USR2 are pre-emption, which requeues the job
-            # (callbacks/graceful_stop.py), not a stop of the sweep.
+            # (machinery/graceful_stop.py), not a stop of the sweep.
             from hydra.core.hydra_config import HydraConfig
 
-            from echo_lstm.sweeps import stop
+            from echo_lstm.machinery.sweeps import stop
 
             stop.record_in_worker(Path(HydraConfig.get().sweep.dir))
         stopped = not_started()
@@ -60,7 +60,8 @@ def main(cfg: DictConfig) -> float:
         for warning in validate(cfg):
             if speaker:
                 print(f"warning: {warning}", file=sys.stderr)
-        from echo_lstm.training import say, summary_line, summary_lines, train
+        from echo_lstm.machinery.run import say, summary_line, summary_lines
+        from echo_lstm.training import train
 
         result = train(cfg)
         if speaker:
@@ -78,7 +79,7 @@ def main(cfg: DictConfig) -> float:
         if multirun and isinstance(error, ConfigError):  # a refused job: its dir lies in the claimed sweep dir
             from hydra.core.hydra_config import HydraConfig
 
-            from echo_lstm.training import SLURM_JOB
+            from echo_lstm.machinery.rundir import SLURM_JOB
 
             job_dir = Path(HydraConfig.get().runtime.output_dir)
             if speaker and not (job_dir / SLURM_JOB).exists():  # (a requeued SLURM job's dir holds its run: kept)
@@ -90,8 +91,8 @@ def main(cfg: DictConfig) -> float:
         if multirun and isinstance(error, Stopped) and speaker and not slurm.in_slurm_job():
             from hydra.core.hydra_config import HydraConfig
 
-            from echo_lstm.sweeps import stop
-            from echo_lstm.sweeps.summary import failed_value
+            from echo_lstm.machinery.sweeps import stop
+            from echo_lstm.machinery.sweeps.summary import failed_value
 
             stop.request(Path(HydraConfig.get().sweep.dir), error.signum)
             job = rundir.jobs.get(str(HydraConfig.get().runtime.output_dir))
@@ -116,8 +117,8 @@ def not_started() -> object:
     """A job of a sweep that was stopped (sweeps/stop.py) does not start: its dir is removed, it is recorded."""
     from hydra.core.hydra_config import HydraConfig
 
-    from echo_lstm.sweeps import stop
-    from echo_lstm.sweeps.summary import JobResult, failed_value
+    from echo_lstm.machinery.sweeps import stop
+    from echo_lstm.machinery.sweeps.summary import JobResult, failed_value
 
     hc = HydraConfig.get()
     signum = stop.requested(Path(hc.sweep.dir))
@@ -147,7 +148,7 @@ def release_claim() -> None:
 
 
 if __name__ == "__main__":
-    from echo_lstm.resume import resumed_argv
+    from echo_lstm.machinery.resume import resumed_argv
 
     def secondary_argv(argv: list[str]) -> list[str]:  # a rank > 0 that srun started: no Hydra files, no log
         return [*argv, *(o for o in RANK_OVERRIDES if o != "hydra.mode=RUN")]

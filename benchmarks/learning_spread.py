@@ -38,7 +38,7 @@ def one_kernel(seeds: list[int], overrides: list[str]) -> None:
     import torch
     from hydra import compose, initialize_config_dir
 
-    from echo_lstm.config import register_configs, validate
+    from echo_lstm.machinery.config import register_configs, validate
     from echo_lstm.training import train
 
     torch.set_num_threads(1)

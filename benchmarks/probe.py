@@ -32,7 +32,7 @@ ENV = "ECHO_BENCH_PROBE"  # where FirstStepProbe writes its JSON
 @dataclass(frozen=True)
 class Clocks:
     """CPU time is far less disturbed than wall time by other processes on a shared machine; minor page faults
-    show the allocator handing memory back and forth to the OS (echo_lstm.training.keep_freed_memory)."""
+    show the allocator handing memory back and forth to the OS (echo_lstm.machinery.run.keep_freed_memory)."""
 
     wall: float
     cpu: float  # this process, all its threads

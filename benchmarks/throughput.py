@@ -72,7 +72,7 @@ def compose(overrides: list[str], run_dir: Path) -> Any:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from echo_lstm.config import register_configs, validate
+    from echo_lstm.machinery.config import register_configs, validate
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
@@ -294,7 +294,7 @@ def load_libraries(a: argparse.Namespace) -> tuple[dict[str, Any], float] | None
     imports_s = time.perf_counter() - t
     return {"arch": platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "pytorch_lightning": pl.__version__, "load_start": load_start,
-            "malloc_tuned": echo_lstm.training.keep_freed_memory()}, imports_s  # as train(): (a) runs under it too
+            "malloc_tuned": echo_lstm.machinery.run.keep_freed_memory()}, imports_s  # as train(): (a) runs under it too
 
 
 def main(argv: list[str] | None = None) -> int:

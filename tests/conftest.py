@@ -40,7 +40,7 @@ def compose(*overrides: str, run_dir: str | Path = "/tmp/echo-lstm-test", return
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from echo_lstm.config import register_configs
+    from echo_lstm.machinery.config import register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):

@@ -133,7 +133,7 @@ def test_an_own_resume_keeps_its_best_k_bookkeeping(tmp_path, trained):
 
 
 def test_foreign_callback_paths_are_dropped_and_own_ones_kept(tmp_path, user):
-    from echo_lstm.resume import drop_foreign_paths
+    from echo_lstm.machinery.resume import drop_foreign_paths
 
     checkpoints = tmp_path / "run" / "checkpoints"
     checkpoints.mkdir(parents=True)
@@ -157,7 +157,7 @@ def test_foreign_callback_paths_are_dropped_and_own_ones_kept(tmp_path, user):
 
 
 def test_checkpoint_io_deletes_only_regular_checkpoint_files_of_its_run(tmp_path, user):
-    from echo_lstm.callbacks.checkpoint import AtomicCheckpointIO
+    from echo_lstm.machinery.checkpoint import AtomicCheckpointIO
 
     checkpoints = tmp_path / "run" / "checkpoints"
     checkpoints.mkdir(parents=True)
@@ -216,7 +216,7 @@ def test_a_link_that_stays_inside_the_run_dir_is_no_reason_to_refuse(tmp_path, t
 
 
 def test_write_file_replaces_links_and_never_writes_through_them(tmp_path, user):
-    from echo_lstm.rundir import write_file
+    from echo_lstm.machinery.rundir import write_file
 
     before = tree(user)
     target = tmp_path / "result.json"
@@ -289,8 +289,8 @@ def test_the_preflight_carries_any_exception_past_hydra(tmp_path):
     """Hydra swallows an Exception raised in a callback (a warning); the preflight raises errors.Escaped instead."""
     from omegaconf import OmegaConf
 
-    from echo_lstm.errors import Escaped
-    from echo_lstm.preflight import Preflight
+    from echo_lstm.machinery.errors import Escaped
+    from echo_lstm.machinery.preflight import Preflight
 
     config = compose(*TINY, run_dir=tmp_path / "run", return_hydra_config=True)
     OmegaConf.set_struct(config, False)
@@ -530,7 +530,7 @@ def test_ctrl_c_of_an_optuna_search_stops_it_and_its_trial_resumes_alone(tmp_pat
     assert last.startswith("stopped by SIGINT: 0 of 4 jobs finished, 1 stopped with a checkpoint kept, 3 not "
                            "started"), last
     job = next(sweep.glob("*/checkpoints/last.ckpt")).parent.parent
-    from echo_lstm.errors import hydra_quote
+    from echo_lstm.machinery.errors import hydra_quote
 
     resumed = run_train(f"resume={hydra_quote(str(job))}", "trainer.max_epochs=1")  # that trial, not a new search
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -602,8 +602,8 @@ def test_ctrl_c_while_a_parallel_sweep_starts_leaves_no_worker_and_nothing_behin
 def test_a_job_dir_is_claimed_as_hydra_names_it(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
 
-    from echo_lstm import rundir
-    from echo_lstm.errors import ConfigError
+    from echo_lstm.machinery import rundir
+    from echo_lstm.machinery.errors import ConfigError
 
     root = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
     try:

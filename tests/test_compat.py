@@ -1,4 +1,5 @@
-"""The library internals this project relies on (echo_lstm/compat.py) and the Trainer arguments it accepts: these
+"""The library internals this project relies on (echo_lstm/machinery/compat.py) and the Trainer
+arguments it accepts: these
 tests fail loudly, naming what changed, when a Lightning release changes them."""
 
 import inspect
@@ -7,8 +8,8 @@ from dataclasses import fields
 import pytorch_lightning as pl
 from conftest import TINY, make_datamodule, make_model
 
-from echo_lstm import compat, signatures
-from echo_lstm.config import OWNED, TRAINER, trainer_schema
+from echo_lstm.machinery import compat, signatures
+from echo_lstm.machinery.config import OWNED, TRAINER, trainer_schema
 
 
 def test_the_trainer_schema_is_the_installed_trainers_signature_but_the_owned_arguments():

@@ -5,9 +5,9 @@ runs); tests/test_safety.py checks the whole promise end to end (exit code, one 
 import pytest
 from conftest import compose
 
-from echo_lstm.cli import translate
-from echo_lstm.config import config_groups, validate
-from echo_lstm.errors import ConfigError
+from echo_lstm.machinery.cli import translate
+from echo_lstm.machinery.config import config_groups, validate
+from echo_lstm.machinery.errors import ConfigError
 from echo_lstm.training import build
 
 
@@ -92,8 +92,8 @@ BAD = [
     ("model.net.state_size=abc", "error: model.net.state_size=abc is invalid: must be an integer"),
     ("model.net.dropout=abc", "error: model.net.dropout=abc is invalid: must be a number"),
     ("data.echo_step=abc", "error: data.echo_step=abc is invalid: must be an integer"),
-    ("+data.noise=0.1", "error: data.noise=0.1 is invalid: no such setting; EchoDataModule takes total_series_length,"),
-    ("+model.net.nonsense=1", "error: model.net.nonsense=1 is invalid: no such setting; StackedRNN takes cell, layers,"),
+    ("+data.noise=0.1", "error: data.noise=0.1 is invalid: no such setting; EchoDataModule takes total_series_"),
+    ("+model.net.nonsense=1", "error: model.net.nonsense=1 is invalid: no such setting; StackedRNN takes cell,"),
     ("trainer.max_epochs=abc", "error: trainer.max_epochs=abc is invalid: must be an integer or null"),
     # One home for the layer count; lightning-hydra-template's spellings say what to type here.
     ("model.net.layers=5", "error: model.net.layers=5 is invalid: is set by layers, its one home: type layers=5"),
@@ -123,7 +123,7 @@ def test_trainer_arguments_the_app_owns_say_where_they_live(override, home):
 
 
 def test_defaults_and_every_config_option_are_valid():
-    from echo_lstm.config import config_groups
+    from echo_lstm.machinery.config import config_groups
 
     assert validate(compose()) == []
     for group, options in config_groups().items():
@@ -146,7 +146,7 @@ def test_printed_commands_paste_into_a_shell_and_reach_hydra_intact(path):
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from echo_lstm.errors import command, hydra_quote
+    from echo_lstm.machinery.errors import command, hydra_quote
 
     line = command("python", "train.py", "resume=" + hydra_quote(path))
     args = shlex.split(line)  # what the shell hands to train.py

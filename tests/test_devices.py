@@ -84,7 +84,7 @@ def test_one_process_and_two_processes_end_with_the_same_weights(tmp_path, ok, o
 
 @pytest.mark.slow
 def test_multirun_of_ddp_jobs_gives_each_job_its_own_dir(tmp_path, ok):
-    from echo_lstm.errors import hydra_quote
+    from echo_lstm.machinery.errors import hydra_quote
 
     sweep = tmp_path / "a \"quoted\" sweep's dir"  # the ranks find their job's dir whatever its name
     ok(run_train("layers=1,2", *SMALL, *DDP2, f"hydra.sweep.dir={hydra_quote(str(sweep))}", multirun=True))

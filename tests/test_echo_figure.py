@@ -1,4 +1,5 @@
-"""The tutorial's echo figure (echo_lstm.viz.echo_figure): bars and curve where they belong, edge cases, its PNG."""
+"""The tutorial's echo figure (echo_lstm.machinery.viz.echo_figure):
+bars and curve where they belong, edge cases, its PNG."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from echo_lstm.viz.echo_figure import (
+from echo_lstm.machinery.viz.echo_figure import (
     BLUE,
     GREEN,
     LOSS,
@@ -159,7 +160,7 @@ def test_png_decodes_to_the_same_pixels():
 
 
 def test_imports_neither_torch_nor_lightning_nor_matplotlib():
-    code = ("import sys, echo_lstm.viz.echo_figure; "
+    code = ("import sys, echo_lstm.machinery.viz.echo_figure; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "{'torch', 'pytorch_lightning', 'lightning', 'matplotlib'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

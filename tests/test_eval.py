@@ -20,7 +20,7 @@ import pytest
 import torch
 from conftest import REPO, compose
 
-EVAL_SPLIT = 2  # evaluation series: np.random.default_rng([seed, 2, 0, stream]) (echo_lstm/evaluation.py)
+EVAL_SPLIT = 2  # evaluation series: np.random.default_rng([seed, 2, 0, stream]) (echo_lstm/machinery/evaluation.py)
 METRICS = ("acc", "boundary_acc", "interior_acc", "loss", "reset_boundary_acc", "reset_acc")
 KEYS = {*METRICS, "streams", "steps", "chunks", "echo_step", "chunk_length", "seed", "ckpt_path", "trained_step"}
 

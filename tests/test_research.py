@@ -139,8 +139,8 @@ def test_figure_without_tensorboard_goes_to_png_files(tmp_path):
 
 # ------------------------------------------------------------------------------------------ optional plugins
 def test_missing_optuna_gives_one_clear_line(monkeypatch):
-    from echo_lstm import cli
-    from echo_lstm.errors import ConfigError
+    from echo_lstm.machinery import cli
+    from echo_lstm.machinery.errors import ConfigError
 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ConfigError) as error:
@@ -179,7 +179,7 @@ def test_multirun_jobs_get_own_runs_a_summary_and_a_picture(tmp_path, ok):
 
 
 def test_summary_ranks_ties_by_fewer_steps_to_echo():
-    from echo_lstm.sweeps.summary import JobRecord, ranked
+    from echo_lstm.machinery.sweeps.summary import JobRecord, ranked
 
     def job(num: int, value: float, steps: float) -> JobRecord:
         return JobRecord(num, "completed", [f"layers={num}"], str(num), "val/boundary_acc", "maximize", 1.0,
@@ -219,7 +219,7 @@ def test_optuna_search_runs_three_trials(tmp_path, ok):
 
 
 def test_the_horizon_experiment_is_a_sweep_of_echo_step_and_carry_with_a_fixed_budget(tmp_path):
-    from echo_lstm.config import validate
+    from echo_lstm.machinery.config import validate
     from echo_lstm.training import train
 
     cfg = compose("experiment=tbptt_horizon", return_hydra_config=True)

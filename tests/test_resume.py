@@ -111,8 +111,8 @@ def test_a_checkpoint_at_a_validation_step_is_written_after_that_validation(tmp_
     import pytorch_lightning as pl
     from conftest import make_datamodule, make_model
 
-    from echo_lstm.callbacks.checkpoint import LastCheckpoint
     from echo_lstm.callbacks.final_validation import FinalValidation
+    from echo_lstm.machinery.checkpoint import LastCheckpoint
 
     events = []
 
@@ -208,7 +208,7 @@ def test_interrupted_checkpoint_write_leaves_the_previous_one_loadable(tmp_path)
     # Die (no cleanup at all) halfway through writing a big new checkpoint over it.
     code = textwrap.dedent(f"""
         import builtins, io, os, torch
-        from echo_lstm.callbacks.checkpoint import atomic_torch_save
+        from echo_lstm.machinery.checkpoint import atomic_torch_save
         real_open = builtins.open
         class Dying(io.FileIO):
             def write(self, data):

@@ -129,7 +129,7 @@ def test_an_impossible_run_dir_is_one_line(tmp_path, where):
 
 # ---------------------------------------------------------------------------------------------- own dirs, locks
 def test_runs_started_in_the_same_second_get_their_own_dirs(tmp_path):
-    from echo_lstm import rundir
+    from echo_lstm.machinery import rundir
 
     first = rundir.claim_new(tmp_path / "2026-01-01_00-00-00", "hydra.run.dir", unique=True)
     second = rundir.claim_new(tmp_path / "2026-01-01_00-00-00", "hydra.run.dir", unique=True)

@@ -1,4 +1,5 @@
-"""The sweep summary's picture (echo_lstm.viz.summary_plot): written when there is something to plot, and showing it."""
+"""The sweep summary's picture (echo_lstm.machinery.viz.summary_plot):
+written when there is something to plot, and showing it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from echo_lstm.viz.summary_plot import plot_sweep_summary
+from echo_lstm.machinery.viz.summary_plot import plot_sweep_summary
 
 METRIC, STEPS = "val/boundary_acc", "train/steps_to_echo"
 
@@ -131,7 +132,7 @@ def test_nothing_to_plot(tmp_path):
 
 
 def test_import_is_light():
-    code = ("import sys, echo_lstm.viz.summary_plot; "
+    code = ("import sys, echo_lstm.machinery.viz.summary_plot; "
             "print([m for m in ('matplotlib', 'torch', 'pytorch_lightning', 'lightning') if m in sys.modules])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

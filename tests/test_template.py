@@ -6,7 +6,7 @@ test_eval.py and test_sweeps.py, each test with its intent and structure and thi
   configs/train.yaml, configs/eval.yaml      conf/train.yaml, conf/eval.yaml (register_configs() first)
   cfg.paths.output_dir                       cfg.run_dir
   src.train.train(cfg)                       what train.py's task does: config.validate(cfg), training.train(cfg)
-  src.eval.evaluate(cfg)                     echo_lstm.evaluation.evaluate(cfg)
+  src.eval.evaluate(cfg)                     echo_lstm.machinery.evaluation.evaluate(cfg)
   MNISTDataModule                            echo_lstm.data.EchoDataModule, built from cfg.data
   trainer.accelerator / devices / strategy   the device group: device=cpu | gpu | ddp_cpu
   trainer=ddp_sim (ddp_spawn on 2 CPUs)      device=ddp_cpu (real DDP, gloo) with data.batch_size=4
@@ -62,8 +62,8 @@ DDP = ["device=ddp_cpu", "data.batch_size=4"]  # 4 streams: 2 per process (1500 
 
 def compose_app(config_name: str, overrides: list[str]) -> DictConfig:
     """conf/<config_name>.yaml composed as the app composes it, with Hydra's node (return_hydra_config=True)."""
-    from echo_lstm.config import register_configs
-    from echo_lstm.evaluation import register_configs as register_eval_configs
+    from echo_lstm.machinery.config import register_configs
+    from echo_lstm.machinery.evaluation import register_configs as register_eval_configs
 
     register_configs()
     register_eval_configs()
@@ -83,7 +83,7 @@ def train_cfg(tmp_path: Path, *overrides: str) -> DictConfig:
 
 def run_task(cfg: DictConfig, callbacks: list | None = None):
     """What train.py's Hydra task does with the composed config, in this process: check it, then train."""
-    from echo_lstm.config import validate
+    from echo_lstm.machinery.config import validate
     from echo_lstm.training import train
 
     validate(cfg)
@@ -146,7 +146,7 @@ def test_train_config(cfg_train: DictConfig, part: str) -> None:
 def test_eval_config(cfg_eval: DictConfig, tmp_path: Path) -> None:
     """The evaluation config composes and passes its checks. (This project's eval.yaml has no data, model or
     trainer: the network, echo_step and chunk length come from the checkpoint; the device is its group.)"""
-    from echo_lstm.evaluation import check_settings
+    from echo_lstm.machinery.evaluation import check_settings
 
     assert cfg_eval
     assert cfg_eval.ckpt_path
@@ -284,7 +284,7 @@ def test_train_resume(tmp_path: Path, ok) -> None:
 @pytest.mark.slow
 def test_train_eval(tmp_path: Path, cfg_train: DictConfig, cfg_eval: DictConfig, ok) -> None:
     """Train 1 epoch, then evaluate its last.ckpt in-process and with eval.py: the same numbers."""
-    from echo_lstm.evaluation import evaluate
+    from echo_lstm.machinery.evaluation import evaluate
 
     assert str(tmp_path) == cfg_train.run_dir
 

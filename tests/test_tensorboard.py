@@ -49,7 +49,7 @@ def test_hparams_table_leads_with_the_overridden_keys(run):
 
 
 def test_overridden_hyperparameters_of_a_group_and_of_a_key():
-    from echo_lstm.loggers import overridden
+    from echo_lstm.machinery.loggers import overridden
 
     params = {"layers": 3, "optimizer._target_": "SGD", "optimizer.lr": 0.1, "optimizer_x": 1, "seed": 1}
     assert overridden(params, ["optimizer=sgd", "+seed=2", "trainer.max_steps=9"]) == \

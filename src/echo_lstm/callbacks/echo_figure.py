@@ -1,6 +1,6 @@
 """The tutorial's figure of the current chunk, every `every_n_steps` chunks and at the last step.
 
-Drawn in the training process (echo_lstm/viz/echo_figure.py: numpy + Pillow, ~3 ms), by one background thread,
+Drawn in the training process (echo_lstm/machinery/viz/echo_figure.py: numpy + Pillow, ~3 ms), by one background thread,
 so that it works the same under every launcher and under DDP (rank 0 draws), with no worker process, and costs
 the training loop only the host copies: the last chunk of the batch (a few streams) and the training losses
 since the last figure, taken when a figure is due. (Drawn inline, the figure cost ~4% of training at the
@@ -21,7 +21,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from echo_lstm.viz.echo_figure import EchoFigureDrawer
+from echo_lstm.machinery.viz.echo_figure import EchoFigureDrawer
 
 log = logging.getLogger(__name__)
 

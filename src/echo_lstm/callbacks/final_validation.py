@@ -6,7 +6,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from echo_lstm.callbacks.checkpoint import is_final_batch
+from echo_lstm.machinery.checkpoint import is_final_batch
 
 
 class FinalValidation(pl.Callback):

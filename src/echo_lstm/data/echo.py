@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 
 from echo_lstm.data.series import TRAIN, VAL, echo_series, to_chunks
-from echo_lstm.errors import check
+from echo_lstm.machinery.errors import check
 
 
 class ChunkBlocks:

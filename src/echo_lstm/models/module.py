@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
-from echo_lstm import compat
-from echo_lstm.errors import Diverged
+from echo_lstm.machinery import compat
+from echo_lstm.machinery.errors import Diverged
 from echo_lstm.metrics import chunk_metrics
 
 

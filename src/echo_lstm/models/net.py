@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from echo_lstm.errors import check
+from echo_lstm.machinery.errors import check
 from echo_lstm.models.cells import CELLS
 
 

@@ -1,4 +1,5 @@
-"""This app's SLURM launcher: Hydra's submitit launcher, each job shaped by its own config (echo_lstm/slurm.py).
+"""This app's SLURM launcher: Hydra's submitit launcher, each job shaped by its own config
+(echo_lstm/machinery/slurm.py).
 
 A Hydra plugin must live in the `hydra_plugins` package; Hydra imports this module at every start, so it imports
 only Hydra's submitit plugin (which Hydra imports anyway) and the stdlib-only errors module.
@@ -11,18 +12,18 @@ from typing import Any
 
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as SubmititSlurmLauncher
 
-from echo_lstm.errors import ConfigError
+from echo_lstm.machinery.errors import ConfigError
 
 SHAPE = ("nodes", "tasks_per_node", "gpus_per_node")
 
 
 class SlurmLauncher(SubmititSlurmLauncher):
-    """Per-job shapes, quiet ranks > 0 and sbatch refusals as one line (echo_lstm/slurm.py says why)."""
+    """Per-job shapes, quiet ranks > 0 and sbatch refusals as one line (echo_lstm/machinery/slurm.py says why)."""
 
     def __call__(self, sweep_overrides: list[str], *args: Any) -> Any:
-        from echo_lstm.config import register_configs
-        from echo_lstm.distributed import RANK_OVERRIDES, external_rank
-        from echo_lstm.slurm import defer_signals
+        from echo_lstm.machinery.config import register_configs
+        from echo_lstm.machinery.distributed import RANK_OVERRIDES, external_rank
+        from echo_lstm.machinery.slurm import defer_signals
 
         defer_signals()  # a pre-emption warning from now on stops the run at a block boundary, however early
         register_configs()  # the resolvers of the job's config, in this fresh process
@@ -34,8 +35,8 @@ class SlurmLauncher(SubmititSlurmLauncher):
         """The job's nodes, tasks per node and GPUs per node, from its own config."""
         from omegaconf import OmegaConf
 
-        from echo_lstm import compat
-        from echo_lstm import config as schema
+        from echo_lstm.machinery import compat
+        from echo_lstm.machinery import config as schema
 
         job = compat.submitit_job_config(self, overrides)
         devices = job.device.devices
@@ -49,8 +50,8 @@ class SlurmLauncher(SubmititSlurmLauncher):
     def launch(self, job_overrides: Any, initial_job_idx: int) -> Any:
         import logging
 
-        from echo_lstm import compat
-        from echo_lstm.slurm import check_submission
+        from echo_lstm.machinery import compat
+        from echo_lstm.machinery.slurm import check_submission
 
         # submitit polls `sacct`, which a cluster without accounting lacks; it then warns at every poll and
         # reads the job's state from its files instead, which works: one warning per poll is noise
@@ -66,7 +67,7 @@ class SlurmLauncher(SubmititSlurmLauncher):
             return [f.result()[0] for f in futures]
 
     def _submit(self, shape: tuple[Any, ...], job_overrides: Any, initial_job_idx: int) -> Any:
-        from echo_lstm import compat
+        from echo_lstm.machinery import compat
 
         launcher = compat.submitit_with_params(self, dict(zip(SHAPE, shape, strict=True)))
         return SubmititSlurmLauncher.launch(launcher, job_overrides, initial_job_idx)

@@ -3,7 +3,7 @@ summary is written.
 
 The first signal to the sweep's process writes `<sweep dir>/.jobs/stop` (the signal's number; `on_signal`). A
 running job sees it after its current training batch, or gets the terminal's Ctrl-C itself, and stops as a single
-run does (its `last.ckpt` saved; callbacks/graceful_stop.py), recorded `stopped`; a job that starts after it is
+run does (its `last.ckpt` saved; machinery/graceful_stop.py), recorded `stopped`; a job that starts after it is
 recorded `not started` and leaves no dir; the sweep then ends as usual (its summary) with the stop's exit code. A
 joblib worker takes these signals from its first job on (`record_in_worker`), so a Ctrl-C between jobs does not kill
 it (a dead worker would fail the whole sweep). A second signal kills the workers and exits at once.
@@ -28,7 +28,7 @@ def request(sweep_dir: Path, signum: int) -> None:
     with contextlib.suppress(OSError):
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
-            from echo_lstm.rundir import write_file
+            from echo_lstm.machinery.rundir import write_file
 
             write_file(path, f"{signum}\n")
 

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from echo_lstm.errors import ConfigError
+from echo_lstm.machinery.errors import ConfigError
 
 LOCK = ".lock"
 SLURM_JOB = ".slurm_job_id"  # the SLURM job that made the dir: only it, requeued, continues the run in it
@@ -257,7 +257,7 @@ def claimed_job_dir(subdir: object, *, _root_: object) -> str:
     runs (train.py releases it)."""
     from omegaconf import OmegaConf
 
-    from echo_lstm.distributed import is_secondary_rank
+    from echo_lstm.machinery.distributed import is_secondary_rank
 
     name = safe_subdir(subdir, "hydra.sweep.subdir")
     path = Path(os.path.abspath(os.path.join(str(OmegaConf.select(_root_, "hydra.sweep.dir")), name)))

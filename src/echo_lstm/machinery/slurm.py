@@ -7,7 +7,7 @@
   running, and the claimed sweep dir is released;
 - the tasks of rank > 0 (srun starts one per device) run the job quietly: no Hydra files, no log file, no
   sweep records (distributed.RANK_OVERRIDES); rank 0 speaks for the job;
-- pre-emption is handled by the run, not by submitit's re-submission from scratch (callbacks/graceful_stop.py):
+- pre-emption is handled by the run, not by submitit's re-submission from scratch (machinery/graceful_stop.py):
   on USR2 (submitit's `signal_delay_s` before the time limit), USR1 or SIGTERM the run finishes its block of
   chunks, saves `last.ckpt`, and on USR1/USR2 requeues its own job (`requeue`). SLURM restarts the job in the
   same dir, which continues from that checkpoint (training.starting_point).
@@ -21,7 +21,7 @@ import signal
 import subprocess
 from typing import Any
 
-from echo_lstm.errors import ConfigError, Raw
+from echo_lstm.machinery.errors import ConfigError, Raw
 
 REQUEUE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)  # SIGTERM: SLURM itself requeues (preemption, scontrol)
 
@@ -34,7 +34,7 @@ early: int | None = None  # a requeue signal that came before training started: 
 
 
 def defer_signals() -> None:
-    """From the job's start until training takes them (callbacks/graceful_stop.py): remember USR1/USR2/SIGTERM
+    """From the job's start until training takes them (machinery/graceful_stop.py): remember USR1/USR2/SIGTERM
     instead of dying (their default), letting submitit re-submit the job from scratch (its USR2 handler) or
     ignoring SIGTERM (submitit's), which would leave the run to SLURM's SIGKILL 30 s later."""
     def remember(signum: int, frame: Any) -> None:

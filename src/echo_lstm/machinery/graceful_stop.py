@@ -10,9 +10,9 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from echo_lstm import slurm
-from echo_lstm.callbacks.checkpoint import LastCheckpoint
-from echo_lstm.sweeps.stop import requested as sweep_stopped
+from echo_lstm.machinery import slurm
+from echo_lstm.machinery.checkpoint import LastCheckpoint
+from echo_lstm.machinery.sweeps.stop import requested as sweep_stopped
 
 
 def sweep_dir() -> str | None:

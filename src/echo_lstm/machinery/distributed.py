@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from echo_lstm.errors import ConfigError, ProcessDied, signal_name
+from echo_lstm.machinery.errors import ConfigError, ProcessDied, signal_name
 
 RANK_OF = "ECHO_LSTM_RANK_OF"  # set to rank 0's PID in the ranks it starts
 RUN_DIR = "ECHO_LSTM_RANK_RUN_DIR"

@@ -35,8 +35,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from echo_lstm import metrics as registry
-from echo_lstm.errors import command, hydra_quote, relpath, signal_name
-from echo_lstm.sweeps.naming import job_values, split_override
+from echo_lstm.machinery.errors import command, hydra_quote, relpath, signal_name
+from echo_lstm.machinery.sweeps.naming import job_values, split_override
 
 RECORDS = ".jobs"
 
@@ -226,7 +226,7 @@ class SweepSummary(Callback):
         atexit.register(self._at_exit)  # a job that raised ends the sweep by re-raising its exception
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from echo_lstm.sweeps import stop
+        from echo_lstm.machinery.sweeps import stop
 
         self._sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         failed = self._report()
@@ -267,7 +267,7 @@ class SweepSummary(Callback):
             self._started[int(config.hydra.job.num)] = time.time()
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        from echo_lstm.distributed import is_secondary_rank
+        from echo_lstm.machinery.distributed import is_secondary_rank
 
         if not is_multirun(config) or is_secondary_rank():  # (srun's rank > 0 of a SLURM job: rank 0 records it)
             return
@@ -335,7 +335,7 @@ class SweepSummary(Callback):
 
     @staticmethod
     def _plot(summary: Summary, sweep_dir: Path) -> bool:
-        from echo_lstm.viz.summary_plot import plot_sweep_summary
+        from echo_lstm.machinery.viz.summary_plot import plot_sweep_summary
 
         jobs = [{"job": r.job, "status": r.status, "values": r.values(),
                  "metrics": {**r.metrics, summary.metric: r.value}} for r in summary.records]

@@ -19,10 +19,11 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from echo_lstm import metrics, signatures
-from echo_lstm.errors import ConfigError, Raw
+from echo_lstm import metrics
+from echo_lstm.machinery import signatures
+from echo_lstm.machinery.errors import ConfigError, Raw
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
 
 @dataclass
@@ -93,7 +94,7 @@ class TrainConfig:
     target_acc: float = MISSING
     threads: int = MISSING
     optimized_metric: str = MISSING
-    resume: Any = None  # a run dir (or "latest"): handled before Hydra composes (echo_lstm.resume)
+    resume: Any = None  # a run dir (or "latest"): handled before Hydra composes (echo_lstm.machinery.resume)
     ckpt_path: Any = None  # a new run that starts from this checkpoint's weights and optimizer
     run_dir: str = MISSING
     data: Any = MISSING
@@ -121,11 +122,11 @@ def register_configs() -> None:
                             bases=(TrainConfig,))
     ConfigStore.instance().store(name="train_schema", node=schema)
     if not OmegaConf.has_resolver("sweep_job_name"):
-        from echo_lstm.sweeps.naming import sweep_job_name
+        from echo_lstm.machinery.sweeps.naming import sweep_job_name
 
         OmegaConf.register_new_resolver("sweep_job_name", sweep_job_name)
     if not OmegaConf.has_resolver("claimed_job_dir"):
-        from echo_lstm.rundir import claimed_job_dir
+        from echo_lstm.machinery.rundir import claimed_job_dir
 
         OmegaConf.register_new_resolver("claimed_job_dir", claimed_job_dir)
     if not OmegaConf.has_resolver("slurm_gpus"):

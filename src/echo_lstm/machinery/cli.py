@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from echo_lstm.errors import (
+from echo_lstm.machinery.errors import (
     LEAVES_NOTHING,
     USAGE,
     ConfigError,
@@ -99,7 +99,7 @@ def siblings(parent: Any) -> list[str]:
     mean')."""
     from omegaconf import DictConfig
 
-    from echo_lstm.signatures import names
+    from echo_lstm.machinery.signatures import names
 
     if not isinstance(parent, DictConfig):
         return []
@@ -112,7 +112,7 @@ def translate(error: BaseException, argv: list[str]) -> ConfigError | None:
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-    from echo_lstm.config import OWNED
+    from echo_lstm.machinery.config import OWNED
 
     cause = error.__cause__ if isinstance(error, ConfigCompositionException) else error
     if isinstance(error, MissingConfigException) and error.missing_cfg_file:
@@ -151,7 +151,7 @@ def translate(error: BaseException, argv: list[str]) -> ConfigError | None:
         key = getattr(cause, "full_key", None) or "config"
         return ConfigError(str(key), typed_value(argv, str(key)), f"{text} {detail}".strip())
     if isinstance(error, ValueError) and str(error).startswith("Config group override must be"):
-        from echo_lstm.config import config_groups
+        from echo_lstm.machinery.config import config_groups
 
         for group, options in config_groups().items():  # `logger=5`: Hydra says which type, not which group
             value = typed_value(argv, group)
@@ -170,7 +170,7 @@ def print_help(config_name: str, argv: list[str], about: str, groups: tuple[str,
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from echo_lstm.config import CONF_DIR, config_groups
+    from echo_lstm.machinery.config import CONF_DIR, config_groups
 
     overrides = [a for a in argv if not a.startswith("-")]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -192,17 +192,17 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
     refusal or an interrupted start (what this process claimed)."""
     import signal
 
-    from echo_lstm.distributed import drop_stray_rank_variables, is_launched_rank, is_secondary_rank
+    from echo_lstm.machinery.distributed import drop_stray_rank_variables, is_launched_rank, is_secondary_rank
 
     def stop(signum: int, frame: Any) -> None:
-        # A Ctrl-C before training takes the signal (callbacks/graceful_stop.py): stop at once. Not through a
+        # A Ctrl-C before training takes the signal (machinery/graceful_stop.py): stop at once. Not through a
         # KeyboardInterrupt: raised inside an import, some libraries swallow it and go on half-imported.
-        from echo_lstm import rundir
+        from echo_lstm.machinery import rundir
 
         if is_launched_rank():  # a DDP rank started by rank 0, which speaks for the run
             os._exit(128 + signum)
         if rundir.sweep is not None:  # a sweep: its jobs stop, then it ends (its summary)
-            from echo_lstm.sweeps import stop as sweep_stop
+            from echo_lstm.machinery.sweeps import stop as sweep_stop
 
             return sweep_stop.on_signal(rundir.sweep.path, signum)
         kept = rundir.current is not None and rundir.current.trained()
@@ -244,11 +244,11 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
 
 
 def stop_requested() -> int | None:
-    from echo_lstm import rundir
+    from echo_lstm.machinery import rundir
 
     if rundir.sweep is None:
         return None
-    from echo_lstm.sweeps.stop import requested
+    from echo_lstm.machinery.sweeps.stop import requested
 
     return requested(rundir.sweep.path)
 
@@ -263,11 +263,11 @@ def fail(error: BaseException, argv: list[str], on_failure: Callable[[], None] |
          hydra_detail: bool, before_the_run: bool = False) -> None:
     """Report `error` in one line and exit, after `on_failure` (what this process claimed); re-raise a bug with its
     traceback, unless it came before the run started (then nothing ran: still one line, exit code 2)."""
-    from echo_lstm import rundir
+    from echo_lstm.machinery import rundir
 
     stopped = stop_requested()
     if stopped is not None and not isinstance(error, EchoError):  # e.g. a worker killed by the terminal's Ctrl-C
-        from echo_lstm.sweeps.summary import SweepSummary
+        from echo_lstm.machinery.sweeps.summary import SweepSummary
 
         path = rundir.sweep.path
         if on_failure:
@@ -320,7 +320,7 @@ def job_label() -> str:
     """`job 2 (layers=3)`: a multirun job, by number and the values of the keys the sweep varies."""
     from hydra.core.hydra_config import HydraConfig
 
-    from echo_lstm.sweeps.naming import job_values
+    from echo_lstm.machinery.sweeps.naming import job_values
 
     hc = HydraConfig.get()
     return f"job {hc.job.num} ({' '.join(job_values(list(hc.overrides.task))) or 'defaults'})"

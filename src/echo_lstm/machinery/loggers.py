@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from echo_lstm.errors import ConfigError, Raw
+from echo_lstm.machinery.errors import ConfigError, Raw
 
 # Packages that optional loggers need, and how to install them.
 OPTIONAL = {
@@ -74,7 +74,7 @@ def experiment_hparams(cfg: DictConfig) -> dict[str, Any]:
 
 def overridden(params: dict[str, Any], overrides: list[str]) -> list[str]:
     """The hyperparameters that `overrides` set: `layers=3` -> layers, `optimizer=sgd` -> every optimizer.*."""
-    from echo_lstm.sweeps.naming import split_override
+    from echo_lstm.machinery.sweeps.naming import split_override
 
     keys = {split_override(o)[0] for o in overrides}
     return [k for k in params if any(k == key or k.startswith(key + ".") for key in keys)]

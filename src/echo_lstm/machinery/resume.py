@@ -17,14 +17,17 @@ content is checked against the config before training starts from them.
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
 
-from echo_lstm.errors import ConfigError, Finished, hydra_quote
+from echo_lstm.machinery.errors import ConfigError, Finished, hydra_quote
 
 LAST = Path("checkpoints") / "last.ckpt"
 RESULT = "result.json"  # written when a run finishes: a finished run is read-only to resume= (unless limits rise)
@@ -62,7 +65,7 @@ def resumed_argv(argv: list[str]) -> list[str]:
     without `resume=`. Locks the run dir unless the command only shows something (`--cfg`, `--help`)."""
     from omegaconf import OmegaConf
 
-    from echo_lstm import rundir
+    from echo_lstm.machinery import rundir
 
     given = [a for a in argv if a.split("=", 1)[0].lstrip("+~") == "resume"]
     if not given:
@@ -126,7 +129,7 @@ def check_stored_overrides(stored: list[str], run: str) -> None:
     """Accept from a run dir only overrides of this app's schema with plain values (see the module doc)."""
     from hydra.core.override_parser.types import OverrideType
 
-    from echo_lstm.config import config_groups
+    from echo_lstm.machinery.config import config_groups
 
     def refuse(text: str, why: str) -> ConfigError:
         return ConfigError(f"resume={run}: stored override", text, f"{why}; a run dir's stored overrides may only "
@@ -166,7 +169,7 @@ def composed(group_overrides: list[str]) -> Any:
     """The app's config composed with these group choices: the keys a run of them has."""
     from hydra import compose, initialize_config_dir
 
-    from echo_lstm.config import CONF_DIR, register_configs
+    from echo_lstm.machinery.config import CONF_DIR, register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -211,7 +214,7 @@ def drop_foreign_paths(ckpt: dict[str, Any], checkpoints: Path) -> None:
     """Empty the file paths in a checkpoint's callback states (ModelCheckpoint's best-k bookkeeping, which
     Lightning restores and later deletes) unless every one names a regular `.ckpt` file inside `checkpoints`
     (rundir.own_file): a crafted or moved checkpoint then starts its best-k afresh instead of naming files."""
-    from echo_lstm.rundir import own_file
+    from echo_lstm.machinery.rundir import own_file
 
     def own(path: Any) -> bool:
         return isinstance(path, str) and path.endswith(".ckpt") and own_file(path, checkpoints)
@@ -322,3 +325,55 @@ def check_optimizer_state(states: Any, optimizer: Any, key: str, path: Path) -> 
             optimizer.step(lambda: torch.zeros(()))
     except Exception as error:
         raise refuse(f"a step fails: {type(error).__name__}: {' '.join(str(error).split())[:120]}") from None
+
+
+@dataclass
+class Start:
+    """Where a run starts: a checkpoint (its path, step and epoch), and whether it continues in place."""
+
+    path: Path | None = None
+    step: int = 0
+    epoch: int = 0
+    in_place: bool = False
+
+
+def starting_point(cfg: DictConfig, run_dir: Path) -> Start:
+    """The checkpoint to start from, checked against the config.
+
+    `resume=<run dir>` continues that run from its `last.ckpt`; a requeued SLURM job continues from the
+    `last.ckpt` in its own run dir (only the job that marked the dir does: another job's is refused, as is a
+    requeued job whose checkpoint is missing); `ckpt_path=<file>` starts a new run from that checkpoint.
+    """
+    from echo_lstm.machinery.rundir import SLURM_JOB
+
+    if cfg.resume is not None:
+        key, path, in_place = "resume", run_dir / LAST, True
+    elif (run_dir / SLURM_JOB).is_file() or (run_dir / LAST).is_file():
+        job = os.environ.get("SLURM_JOB_ID")
+        owner = (run_dir / SLURM_JOB).read_text().strip() if (run_dir / SLURM_JOB).is_file() else None
+        if job is None or job != owner:
+            raise ConfigError("hydra.run.dir", str(run_dir), f"holds the run of SLURM job {owner or '(unknown)'}, "
+                              f"which only that job continues; this is {f'job {job}' if job else 'not a SLURM job'}")
+        if not (run_dir / LAST).is_file():
+            raise ConfigError("hydra.run.dir", str(run_dir), f"SLURM job {job} was requeued, but its checkpoint "
+                              f"{LAST} is missing: nothing to continue from (submit it again into a new dir)")
+        key, path, in_place = "hydra.run.dir", run_dir / LAST, True
+    elif cfg.ckpt_path is not None:
+        key, path, in_place = "ckpt_path", Path(str(cfg.ckpt_path)), False
+    else:
+        return Start()
+    from hydra.utils import instantiate
+
+    ckpt = read_checkpoint(path, key)
+    if key == "hydra.run.dir" and ckpt.get("echo_slurm_job") != os.environ.get("SLURM_JOB_ID"):
+        saver = f"SLURM job {ckpt['echo_slurm_job']}" if ckpt.get("echo_slurm_job") else "no SLURM job"
+        raise ConfigError(key, str(run_dir), f"its {LAST} was saved by {saver}, not by this requeued SLURM job "
+                          f"{os.environ.get('SLURM_JOB_ID')}: a foreign checkpoint, not continued")
+    net_config = OmegaConf.to_container(cfg.model.net, resolve=True)
+    net = instantiate(net_config)
+    try:  # a throwaway optimizer over a throwaway network, to check the checkpoint's state (a bad one: built() says)
+        optimizer = instantiate(OmegaConf.to_container(cfg.optimizer, resolve=True))(net.parameters())
+    except Exception:
+        optimizer = None
+    check_checkpoint(ckpt, net, net_config, cfg.data.batch_size, key, path, optimizer)
+    return Start(path, int(ckpt.get("global_step", 0)), int(ckpt.get("epoch", 0)), in_place)

@@ -29,9 +29,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from echo_lstm.config import CONF_DIR, DeviceConfig, available_cores, validate_device
-from echo_lstm.errors import ConfigError, disk_error, relpath
-from echo_lstm.resume import LAST
+from echo_lstm.machinery.config import CONF_DIR, DeviceConfig, available_cores, validate_device
+from echo_lstm.machinery.errors import ConfigError, disk_error, relpath
+from echo_lstm.machinery.resume import LAST
 
 KEY = "ckpt_path"
 PRECISIONS = ("32-true", "32", "64-true")  # no autocast: a reference measurement at full precision
@@ -104,8 +104,8 @@ class Preflight(Callback):
     """Check the settings and claim a new output dir before Hydra writes anything (as train.py's Preflight)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from echo_lstm.errors import Escaped
-        from echo_lstm.preflight import check_output_subdir, claim_run_dir
+        from echo_lstm.machinery.errors import Escaped
+        from echo_lstm.machinery.preflight import check_output_subdir, claim_run_dir
 
         try:  # Hydra turns an exception in a callback into a warning and goes on: carry it past (cli.run reports)
             check_output_subdir(config)
@@ -221,7 +221,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """The evaluation of `cfg.ckpt_path` (see the module docstring): eval.json's content."""
     import torch
 
-    from echo_lstm.resume import read_checkpoint
+    from echo_lstm.machinery.resume import read_checkpoint
 
     check_settings(cfg)
     if cfg.threads > 0:

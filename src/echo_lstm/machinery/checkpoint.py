@@ -28,8 +28,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Checkpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from echo_lstm import compat, rundir
-from echo_lstm.errors import WriteFailed
+from echo_lstm.machinery import compat, rundir
+from echo_lstm.machinery.errors import WriteFailed
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -71,7 +71,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Any = None) -> dict[str, Any]:
         import torch
 
-        from echo_lstm.resume import drop_foreign_paths
+        from echo_lstm.machinery.resume import drop_foreign_paths
 
         where = map_location if map_location is not None else (lambda storage, loc: storage)  # as Lightning's
         checkpoint = torch.load(path, map_location=where, weights_only=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from echo_lstm.config import available_cores
+from echo_lstm.machinery.config import available_cores
 
 log = logging.getLogger(__name__)
 

@@ -19,12 +19,12 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from echo_lstm import rundir
-from echo_lstm.config import validate
-from echo_lstm.distributed import is_launched_rank, is_secondary_rank
-from echo_lstm.errors import ConfigError, Escaped, hydra_quote
-from echo_lstm.loggers import check_available
-from echo_lstm.sweeps.naming import record_swept_keys, swept_keys
+from echo_lstm.machinery import rundir
+from echo_lstm.machinery.config import validate
+from echo_lstm.machinery.distributed import is_launched_rank, is_secondary_rank
+from echo_lstm.machinery.errors import ConfigError, Escaped, hydra_quote
+from echo_lstm.machinery.loggers import check_available
+from echo_lstm.machinery.sweeps.naming import record_swept_keys, swept_keys
 
 
 def user_set(config: DictConfig, key: str) -> bool:
