@@ -152,3 +152,14 @@ def test_printed_commands_paste_into_a_shell_and_reach_hydra_intact(path):
     args = shlex.split(line)  # what the shell hands to train.py
     assert args[:2] == ["python", "train.py"]
     assert OverridesParser.create().parse_override(args[2]).value() == path
+
+
+def test_a_key_added_to_a_yaml_file_of_a_typed_group_is_named_with_its_file(tmp_path):
+    # The app's own typed nodes (device, figure, ...): a fork that adds a key to their YAML gets the key and the file,
+    # not Hydra's cut-off "ConfigKeyError raised while composing config:".
+    (tmp_path / "device").mkdir()
+    (tmp_path / "device" / "mine.yaml").write_text("accelerator: cpu\ndevices: 1\nstrategy: auto\nnum_nodes: 1\n"
+                                                   "precision: 32-true\nfoo: 1\n")
+    line = refusal(f"hydra.searchpath=[file://{tmp_path}]", "device=mine")
+    assert line == ("error: device.foo=... (in conf/device/mine.yaml) is invalid: no such setting: DeviceConfig "
+                    "(echo_lstm/machinery/config.py) has no foo")

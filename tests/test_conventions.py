@@ -108,3 +108,12 @@ def test_a_new_optimizer_is_one_yaml_file_even_in_the_users_own_config_dir(tmp_p
     assert {"eta", "mu", "ax"} <= set(state)  # ASGD's own state: the optimizer really is ASGD
     assert ckpt["optimizer_states"][0]["param_groups"][0]["lr"] == 0.05
     assert scalars(run_dir)["train/loss"]
+
+
+@pytest.mark.parametrize("logger,view", [("tensorboard", True), ("csv", False), ("none", False)])
+def test_the_summary_offers_tensorboard_only_when_it_has_event_files(tmp_path, logger, view):
+    from echo_lstm.machinery.run import summary_lines
+
+    cfg = compose(*TINY, "figure.every_n_steps=0", "trainer.max_epochs=1", f"logger={logger}", run_dir=tmp_path)
+    lines = summary_lines(train(cfg), cfg)
+    assert any(line.startswith("  view: tensorboard --logdir") for line in lines) is view, lines

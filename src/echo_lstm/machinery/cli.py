@@ -145,6 +145,12 @@ def translate(error: BaseException, argv: list[str]) -> ConfigError | None:
         if "is not Optional" in text:
             allowed = f"cannot be null{NOT_NULL.get(str(cause.full_key), '')}"
         return ConfigError(str(cause.full_key), typed_value(argv, str(cause.full_key)), allowed)
+    unknown = re.search(r"^In '([^']+)': ConfigKeyError .*\nKey '([^']+)' not in '(\w+)'\n\s*full_key: (\S+)",
+                        str(error))
+    if isinstance(error, ConfigCompositionException) and unknown:  # a key added to a YAML file of a typed node
+        where, leaf, schema, key = unknown.groups()
+        return ConfigError(key, Raw(f"... (in conf/{where}.yaml)"), f"no such setting: {schema} "
+                           f"(echo_lstm/machinery/config.py) has no {leaf}")
     if isinstance(error, (ConfigCompositionException, OmegaConfBaseException)):
         text = str(error).strip().splitlines()[0]
         detail = str(cause).strip().splitlines()[0] if cause is not None and cause is not error else ""
