@@ -150,3 +150,21 @@ def test_every_command_not_run_here_says_why():
         for command in commands(path):
             reason = reason_not_run(command)
             assert reason is None or len(reason) > 5, command
+
+
+def test_the_layouts_line_counts_are_current():
+    # README, "Where things are": the core, the research callbacks, the machinery and all of src/, as counted now.
+    src = REPO / "src"
+    files = sorted(src.rglob("*.py"))
+
+    def lines(paths):
+        return sum(p.read_text().count("\n") for p in paths)
+
+    core = [p for p in files if p.relative_to(src).parts[:2] in {("echo_lstm", n) for n in
+            ("data", "models", "metrics.py", "training.py", "__init__.py")}]
+    callbacks = [p for p in files if "callbacks" in p.parts]
+    machinery = [p for p in files if p not in core and p not in callbacks]
+    text = " ".join((REPO / "README.md").read_text().split())
+    for figure in (f"({lines(core):,} lines", f"callbacks ({lines(callbacks):,})", f"{lines(machinery):,} lines",
+                   f"{lines(files):,} lines in {len(files)} files"):
+        assert figure in text, figure

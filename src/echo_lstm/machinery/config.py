@@ -1,10 +1,11 @@
-"""The typed config schema and the value checks that run before anything heavy is imported.
+"""The app's own settings (typed here) and the value checks that run before anything heavy is imported.
 
 Hydra composes `conf/train.yaml` on top of `TrainConfig` (registered as `train_schema`), so a wrong *type*
 (`layers=abc`) or an unknown key (`layerz=5`) is refused while composing, and `validate` checks *values*
-(ranges, cross-field rules). The YAML files under `conf/` are the one home of the defaults; the dataclasses
-here give the types (MISSING: the YAML must set it). Config groups whose options build objects by `_target_`
-(`model.net`, `optimizer`, `logger`, `callbacks`) are typed `Any` here and checked in `validate`.
+(ranges, cross-field rules). The YAML files under `conf/` are the one home of the defaults. The nodes that build
+objects by `_target_` (`data`, `model`, `model.net`, `optimizer`, `logger`, `callbacks`) are not copied here:
+`validate` checks them against their class's constructor (signatures.py), whose own checks hold their ranges;
+`trainer`'s schema is the installed Lightning's Trainer signature (trainer_schema).
 
 Must stay light (no torch / Lightning): it serves `--help`, `--cfg` and config errors, which answer fast.
 """
