@@ -143,6 +143,20 @@ def test_train_config(cfg_train: DictConfig, part: str) -> None:
     assert all(isinstance(built, cls) for cls in expected), f"instantiate(cfg.{part}) gave a {type(built)}"
 
 
+@pytest.mark.parametrize("group", ["callbacks", "logger"])
+def test_callbacks_and_loggers_instantiate(tmp_path: Path, group: str) -> None:
+    """The template's `instantiate_callbacks` / `instantiate_loggers`: each node of the group builds its Lightning
+    object with `hydra.utils.instantiate` (default callbacks; the TensorBoard and CSV loggers)."""
+    import pytorch_lightning as pl
+
+    option = {"callbacks": "default", "logger": "many_loggers"}[group]
+    cfg = train_cfg(tmp_path, f"{group}={option}")
+    HydraConfig().set_config(cfg)
+    built = [hydra.utils.instantiate(node) for node in cfg[group].values() if node is not None]
+    kind = {"callbacks": pl.Callback, "logger": pl.loggers.Logger}[group]
+    assert len(built) >= 2 and all(isinstance(b, kind) for b in built), built
+
+
 def test_eval_config(cfg_eval: DictConfig, tmp_path: Path) -> None:
     """The evaluation config composes and passes its checks. (This project's eval.yaml has no data, model or
     trainer: the network, echo_step and chunk length come from the checkpoint; the device is its group.)"""

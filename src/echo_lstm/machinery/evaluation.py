@@ -29,12 +29,12 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from echo_lstm.machinery.config import CONF_DIR, DeviceConfig, available_cores, validate_device
+from echo_lstm.machinery.config import CONF_DIR, PRECISIONS, DeviceConfig, available_cores, validate_device
 from echo_lstm.machinery.errors import ConfigError, disk_error, relpath
 from echo_lstm.machinery.resume import LAST
 
 KEY = "ckpt_path"
-PRECISIONS = ("32-true", "32", "64-true")  # no autocast: a reference measurement at full precision
+FULL = tuple(p for p in PRECISIONS if "16" not in p)  # no autocast: a reference measurement at full precision
 
 
 @dataclass
@@ -87,7 +87,7 @@ def check_settings(cfg: DictConfig) -> None:
         ("chunk_length", cfg.chunk_length is None or cfg.chunk_length >= 1, "must be null (the checkpoint's) or >= 1"),
         ("threads", 0 <= cfg.threads <= available_cores(),
          f"must be between 0 (torch's default) and {available_cores()}, the cores this process may use"),
-        ("device.precision", str(cfg.device.precision) in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
+        ("device.precision", str(cfg.device.precision) in FULL, f"must be one of {', '.join(FULL)}"),
     ]
     for key, ok, allowed in checks:
         if not ok:
