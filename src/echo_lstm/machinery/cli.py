@@ -142,9 +142,10 @@ def translate(error: BaseException, argv: list[str]) -> ConfigError | None:
         kinds = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "bool": "true or false",
                  "String": "a string"}
         allowed = f"must be {kinds.get(wanted.group(1), wanted.group(1))}" if wanted else text
-        if "is not Optional" in text:
-            allowed = f"cannot be null{NOT_NULL.get(str(cause.full_key), '')}"
-        return ConfigError(str(cause.full_key), typed_value(argv, str(cause.full_key)), allowed)
+        value = Raw(str(cause.value))
+        if "is not Optional" in text:  # (its value reads None: say what was typed, null)
+            allowed, value = f"cannot be null{NOT_NULL.get(str(cause.full_key), '')}", Raw("null")
+        return ConfigError(str(cause.full_key), value, allowed)
     unknown = re.search(r"^In '([^']+)': ConfigKeyError .*\nKey '([^']+)' not in '(\w+)'\n\s*full_key: (\S+)",
                         str(error))
     if isinstance(error, ConfigCompositionException) and unknown:  # a key added to a YAML file of a typed node
