@@ -51,11 +51,8 @@ def compose(*overrides: str, run_dir: str | Path = "/tmp/echo-lstm-test", return
 def make_model(*overrides: str, **kwargs):
     """An EchoLSTM built from the app's config (the defaults' one home), e.g. make_model("layers=2")."""
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
-    cfg = compose(*overrides)
-    return instantiate(cfg.model, optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True), _recursive_=False,
-                       **kwargs)
+    return instantiate(compose(*overrides).model, **kwargs)
 
 
 def make_datamodule(*overrides: str):
