@@ -265,6 +265,8 @@ def check_targets(cfg: Any, key: str) -> None:
     target = OmegaConf.select(node, "_target_", throw_on_resolution_failure=False)
     sig = signatures.signature(target) if isinstance(target, str) else None
     for name in map(str, node.keys()):
+        if OmegaConf.is_interpolation(node, name):
+            continue  # (`model.optimizer: ${optimizer}`: checked at its home)
         try:
             value = node[name]
         except Exception:  # an interpolation that resolves only later (${hydra:...} before the run starts)
@@ -289,15 +291,6 @@ def check_layers_home(cfg: Any) -> None:
 
 
 FLOAT32_MAX = 3.4028234663852886e38
-# Settings common to torch optimizers: their allowed ranges (torch would refuse some only when training).
-OPTIMIZER_RANGES = {
-    "lr": (lambda v: v > 0, "must be > 0"),
-    "weight_decay": (lambda v: v >= 0, "must be >= 0"),
-    "momentum": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    "eps": (lambda v: v > 0, "must be > 0"),
-    "initial_accumulator_value": (lambda v: v >= 0, "must be >= 0"),
-    "alpha": (lambda v: v >= 0, "must be >= 0"),
-}
 
 
 def validate_optimizer(o: Any) -> None:
@@ -306,9 +299,6 @@ def validate_optimizer(o: Any) -> None:
              "must name an optimizer class, e.g. torch.optim.Adagrad (see conf/optimizer/)")
     _require(o.get("_partial_") is True, "optimizer._partial_", o.get("_partial_"),
              "must be true: the model gives the optimizer its parameters")
-    for key, (ok, allowed) in OPTIMIZER_RANGES.items():
-        if key in o and o[key] is not None:
-            _require(_number(o[key]) and ok(o[key]), f"optimizer.{key}", o[key], allowed)
     for key, value in o.items():  # torch applies them in float32: a larger number overflows there
         if _number(value):
             _require(abs(value) < FLOAT32_MAX, f"optimizer.{key}", value, "must be below 3.4e38 (a float32's range)")

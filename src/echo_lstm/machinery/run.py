@@ -165,6 +165,12 @@ def built(key: str, node: Any, make: Any) -> Any:
             error = error.__cause__
         if isinstance(error, ConfigError):  # a constructor's own check (errors.check): name the whole setting
             raise ConfigError(setting(key, node, error.key), error.value, error.allowed) from None
+        named = [(k, v) for k, v in (node.items() if isinstance(node, DictConfig) else ()) if isinstance(error,
+                 ValueError) and isinstance(v, (int, float)) and re.search(rf"(?<![\w.-]){re.escape(str(v))}(?![\w.])",
+                                                                          str(error))]
+        if len(named) == 1:  # a plain ValueError that quotes one of the node's values (torch's "Invalid ...: -0.1")
+            target = str(node.get("_target_", "?")).rsplit(".")[-1]
+            raise ConfigError(f"{key}.{named[0][0]}", named[0][1], f"{target} refuses it: {error}") from None
         inner = [path for path, n in nodes(node) if path and str(n.get("_target_")).rsplit(".")[-1] ==
                  targets[-1].rsplit(".")[-1]] if len(targets) > 1 else []
         if inner:  # an object built inside another (model.net inside model): name its node

@@ -113,8 +113,8 @@ def _kinds(annotation: str | None) -> set[str] | None:
         return None
 
     def walk(node: ast.AST) -> set[str] | None:
-        if isinstance(node, ast.Name) and node.id in ("int", "float", "bool", "str"):
-            return {node.id}
+        if isinstance(node, ast.Name) and node.id in ("int", "float", "bool", "str", "Tensor"):
+            return {"float" if node.id == "Tensor" else node.id}  # (a tensor hyperparameter: a number in a config)
         if isinstance(node, ast.Constant) and node.value is None:
             return {"None"}
         if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
