@@ -196,8 +196,8 @@ MUTANTS = {
         ["tests/test_slurm.py::test_a_sweep_over_devices_shapes_each_job_and_ddp_equals_a_local_run"]),
     # issue 19: one home per setting, template conventions (tests/test_config_errors.py, tests/test_template.py)
     "constructor-types-unchecked": ("src/echo_lstm/machinery/config.py",
-        '            _require(wrong is None, f"{key}.{name}"',
-        '            _require(True, f"{key}.{name}"',
+        '            check(wrong is None, f"{key}.{name}"',
+        '            check(True, f"{key}.{name}"',
         ["tests/test_config_errors.py::test_bad_setting_is_one_line_naming_it[+data.noise=0.1]",
          "tests/test_config_errors.py::test_bad_setting_is_one_line_naming_it[model.net.state_size=abc]"]),
     "layers-has-two-homes": ("src/echo_lstm/machinery/config.py",

@@ -22,7 +22,8 @@ from omegaconf import MISSING
 
 from echo_lstm import metrics
 from echo_lstm.machinery import signatures
-from echo_lstm.machinery.errors import ConfigError, Raw
+from echo_lstm.machinery.errors import ConfigError, Raw, check
+from echo_lstm.machinery.signatures import is_int, is_number
 
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
@@ -154,19 +155,6 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(key, value, allowed)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 NODES = ("data", "model", "model.net", "optimizer", "trainer", "device", "checkpoint", "figure", "steps_to_echo")
 
 
@@ -209,15 +197,15 @@ def validate(cfg: Any) -> list[str]:
     check_nodes(cfg)
     check_finite(cfg)
     d, dev, t = cfg.data, cfg.device, cfg.trainer
-    _require(cfg.layers >= 1, "layers", cfg.layers, "must be an integer >= 1")
-    _require(0 <= cfg.seed < 2**32, "seed", cfg.seed, "must be an integer in [0, 2**32 - 1]")
-    _require(0 < cfg.target_acc <= 1, "target_acc", cfg.target_acc, "must be in (0, 1]")
+    check(cfg.layers >= 1, "layers", cfg.layers, "must be an integer >= 1")
+    check(0 <= cfg.seed < 2**32, "seed", cfg.seed, "must be an integer in [0, 2**32 - 1]")
+    check(0 < cfg.target_acc <= 1, "target_acc", cfg.target_acc, "must be in (0, 1]")
     cores = available_cores()
-    _require(0 <= cfg.threads <= cores, "threads", cfg.threads,
+    check(0 <= cfg.threads <= cores, "threads", cfg.threads,
              f"must be between 0 (torch's default) and {cores}, the cores this process may use")
-    _require(metrics.find(cfg.optimized_metric) is not None, "optimized_metric", cfg.optimized_metric,
+    check(metrics.find(cfg.optimized_metric) is not None, "optimized_metric", cfg.optimized_metric,
              f"must be one of the logged metrics: {', '.join(metrics.NAMES)}")
-    _require(cfg.ckpt_path is None or Path(str(cfg.ckpt_path)).expanduser().is_file(), "ckpt_path", cfg.ckpt_path,
+    check(cfg.ckpt_path is None or Path(str(cfg.ckpt_path)).expanduser().is_file(), "ckpt_path", cfg.ckpt_path,
              "no such checkpoint file")
     for key in ("data", "model", "optimizer", "trainer", "callbacks", "logger"):
         check_targets(cfg, key)
@@ -225,18 +213,18 @@ def validate(cfg: Any) -> list[str]:
     validate_optimizer(cfg.optimizer)
     validate_trainer(t)
     validate_monitors(cfg.callbacks)
-    _require(cfg.checkpoint.every_n_steps >= 0, "checkpoint.every_n_steps", cfg.checkpoint.every_n_steps,
+    check(cfg.checkpoint.every_n_steps >= 0, "checkpoint.every_n_steps", cfg.checkpoint.every_n_steps,
              "must be >= 0 (0 = only at validations and at the end)")
     f = cfg.figure
-    _require(f.every_n_steps >= 0, "figure.every_n_steps", f.every_n_steps, "must be >= 0 (0 = no figure)")
-    _require(1 <= f.streams <= 64, "figure.streams", f.streams, "must be an integer in [1, 64]")
-    _require(100 <= f.width <= 4000, "figure.width", f.width, "must be in [100, 4000] (pixels)")
-    _require(100 <= f.height <= 4000, "figure.height", f.height, "must be in [100, 4000] (pixels)")
-    _require(cfg.steps_to_echo.window >= 1, "steps_to_echo.window", cfg.steps_to_echo.window,
+    check(f.every_n_steps >= 0, "figure.every_n_steps", f.every_n_steps, "must be >= 0 (0 = no figure)")
+    check(1 <= f.streams <= 64, "figure.streams", f.streams, "must be an integer in [1, 64]")
+    check(100 <= f.width <= 4000, "figure.width", f.width, "must be in [100, 4000] (pixels)")
+    check(100 <= f.height <= 4000, "figure.height", f.height, "must be in [100, 4000] (pixels)")
+    check(cfg.steps_to_echo.window >= 1, "steps_to_echo.window", cfg.steps_to_echo.window,
              "must be an integer >= 1 (chunks)")
     world = validate_device(dev)
     if world is not None:
-        _require(d.batch_size % world == 0, "data.batch_size", d.batch_size,
+        check(d.batch_size % world == 0, "data.batch_size", d.batch_size,
                  f"must be divisible by the number of processes ({world} = device.devices * device.num_nodes): "
                  "each process owns a fixed set of streams")
     check_memory(cfg)
@@ -245,7 +233,7 @@ def validate(cfg: Any) -> list[str]:
     if min(d.batch_size, T, d.chunks_per_batch) < 1:
         return warnings  # the data module refuses them (its own checks, when it is built)
     batches = -(-(d.total_series_length // d.batch_size // T) // d.chunks_per_batch)
-    if _is_int(t.val_check_interval) and t.val_check_interval > batches:
+    if is_int(t.val_check_interval) and t.val_check_interval > batches:
         warnings.append(f"trainer.val_check_interval={t.val_check_interval} is more than the {batches} training "
                         "batch(es) of an epoch: validating once per epoch instead")
     if T <= d.echo_step < d.total_series_length // d.batch_size // T * T:  # (longer: the data module refuses it)
@@ -276,7 +264,7 @@ def check_targets(cfg: Any, key: str) -> None:
         elif sig is not None and not name.startswith("_"):
             wrong = signatures.problem(sig, name, OmegaConf.to_container(value) if isinstance(value, ListConfig)
                                        else value)
-            _require(wrong is None, f"{key}.{name}", Raw(value) if isinstance(value, str) else value, wrong or "")
+            check(wrong is None, f"{key}.{name}", Raw(value) if isinstance(value, str) else value, wrong or "")
 
 
 def check_layers_home(cfg: Any) -> None:
@@ -295,18 +283,18 @@ FLOAT32_MAX = 3.4028234663852886e38
 
 def validate_optimizer(o: Any) -> None:
     target = o.get("_target_") if hasattr(o, "get") else None
-    _require(isinstance(target, str) and "." in target, "optimizer._target_", target,
+    check(isinstance(target, str) and "." in target, "optimizer._target_", target,
              "must name an optimizer class, e.g. torch.optim.Adagrad (see conf/optimizer/)")
-    _require(o.get("_partial_") is True, "optimizer._partial_", o.get("_partial_"),
+    check(o.get("_partial_") is True, "optimizer._partial_", o.get("_partial_"),
              "must be true: the model gives the optimizer its parameters")
     for key, value in o.items():  # torch applies them in float32: a larger number overflows there
-        if _number(value):
-            _require(abs(value) < FLOAT32_MAX, f"optimizer.{key}", value, "must be below 3.4e38 (a float32's range)")
+        if is_number(value):
+            check(abs(value) < FLOAT32_MAX, f"optimizer.{key}", value, "must be below 3.4e38 (a float32's range)")
 
 
 def validate_trainer(t: Any) -> None:
     def positive_int_or(key: str, value: Any, *also: Any) -> None:
-        _require(value in also or (_is_int(value) and value >= 1), f"trainer.{key}", value,
+        check(value in also or (is_int(value) and value >= 1), f"trainer.{key}", value,
                  f"must be an integer >= 1{''.join(f' or {a}' if a is not None else ' or null' for a in also)}")
 
     positive_int_or("max_epochs", t.max_epochs, -1, None)
@@ -314,29 +302,29 @@ def validate_trainer(t: Any) -> None:
     positive_int_or("check_val_every_n_epoch", t.check_val_every_n_epoch, None)
     positive_int_or("log_every_n_steps", t.log_every_n_steps, None)
     vci = t.val_check_interval
-    _require(vci is None or (_is_int(vci) and vci >= 1) or (isinstance(vci, float) and 0 < vci <= 1),
+    check(vci is None or (is_int(vci) and vci >= 1) or (isinstance(vci, float) and 0 < vci <= 1),
              "trainer.val_check_interval", vci,
              "must be an integer >= 1 (training batches between validations) or a fraction of an epoch in (0, 1]")
     for key in ("limit_train_batches", "limit_val_batches", "overfit_batches"):
         v = t[key]
-        _require(v is None or (_is_int(v) and v >= 0) or (isinstance(v, float) and 0 <= v <= 1), f"trainer.{key}",
+        check(v is None or (is_int(v) and v >= 0) or (isinstance(v, float) and 0 <= v <= 1), f"trainer.{key}",
                  v, "must be an integer >= 0 (batches) or a fraction in [0, 1]")
-    _require(t.accumulate_grad_batches == 1, "trainer.accumulate_grad_batches", t.accumulate_grad_batches,
+    check(t.accumulate_grad_batches == 1, "trainer.accumulate_grad_batches", t.accumulate_grad_batches,
              "must be 1: truncated BPTT takes one optimizer step per chunk, each from the state the previous step "
              "left (to average over more data, raise data.batch_size)")
     clip = t.gradient_clip_val
-    _require(clip is None or (_number(clip) and clip >= 0), "trainer.gradient_clip_val", clip,
+    check(clip is None or (is_number(clip) and clip >= 0), "trainer.gradient_clip_val", clip,
              "must be a number >= 0 (0 or null: no clipping)")
-    _require(t.gradient_clip_algorithm in (None, "norm", "value"), "trainer.gradient_clip_algorithm",
+    check(t.gradient_clip_algorithm in (None, "norm", "value"), "trainer.gradient_clip_algorithm",
              t.gradient_clip_algorithm, "must be norm or value")
-    _require(t.fast_dev_run is False or t.fast_dev_run is True or (_is_int(t.fast_dev_run) and t.fast_dev_run >= 0),
+    check(t.fast_dev_run is False or t.fast_dev_run is True or (is_int(t.fast_dev_run) and t.fast_dev_run >= 0),
              "trainer.fast_dev_run", t.fast_dev_run, "must be true, false or a number of batches >= 0")
-    _require(t.deterministic in (None, True, False, "warn"), "trainer.deterministic", t.deterministic,
+    check(t.deterministic in (None, True, False, "warn"), "trainer.deterministic", t.deterministic,
              "must be true, false, warn or null")
-    _require(t.num_sanity_val_steps is None or (_is_int(t.num_sanity_val_steps) and t.num_sanity_val_steps >= -1),
+    check(t.num_sanity_val_steps is None or (is_int(t.num_sanity_val_steps) and t.num_sanity_val_steps >= -1),
              "trainer.num_sanity_val_steps", t.num_sanity_val_steps, "must be an integer >= -1 (-1: all) or null")
     for key in ("min_epochs", "min_steps"):
-        _require(t[key] is None or (_is_int(t[key]) and t[key] >= 0), f"trainer.{key}", t[key],
+        check(t[key] is None or (is_int(t[key]) and t[key] >= 0), f"trainer.{key}", t[key],
                  "must be an integer >= 0 or null")
 
 
@@ -344,7 +332,7 @@ def validate_monitors(callbacks: Any) -> None:
     for name, callback in (callbacks or {}).items():
         monitor = callback.get("monitor") if callback is not None and hasattr(callback, "get") else None
         if monitor is not None:
-            _require(metrics.find(monitor) is not None, f"callbacks.{name}.monitor", monitor,
+            check(metrics.find(monitor) is not None, f"callbacks.{name}.monitor", monitor,
                      f"must be one of the logged metrics: {', '.join(metrics.NAMES)}")
 
 
@@ -354,19 +342,19 @@ PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true",
 
 def validate_device(dev: Any) -> int | None:
     """Check `device.*`; returns the number of processes when it is known without looking at the hardware."""
-    _require(dev.accelerator in ACCELERATORS, "device.accelerator", dev.accelerator,
+    check(dev.accelerator in ACCELERATORS, "device.accelerator", dev.accelerator,
              f"must be one of {', '.join(ACCELERATORS)}")
     devices = dev.devices
-    _require(devices == "auto" or (_is_int(devices) and devices >= 1), "device.devices", devices,
+    check(devices == "auto" or (is_int(devices) and devices >= 1), "device.devices", devices,
              "must be an integer >= 1 or 'auto'")
-    _require(dev.num_nodes >= 1, "device.num_nodes", dev.num_nodes, "must be an integer >= 1")
-    _require(str(dev.precision) in PRECISIONS, "device.precision", dev.precision,
+    check(dev.num_nodes >= 1, "device.num_nodes", dev.num_nodes, "must be an integer >= 1")
+    check(str(dev.precision) in PRECISIONS, "device.precision", dev.precision,
              f"must be one of {', '.join(PRECISIONS)}")
     # ddp_spawn would pickle the run into fresh processes (the figure's font cannot be unpickled) and start them
     # outside rank 0's watch: this app starts its DDP ranks itself (distributed.py)
-    _require(dev.strategy in ("auto", "ddp"), "device.strategy", dev.strategy,
+    check(dev.strategy in ("auto", "ddp"), "device.strategy", dev.strategy,
              "must be auto or ddp (ddp_spawn is not supported: with ddp this app starts and watches the processes)")
-    return devices * dev.num_nodes if _is_int(devices) else None
+    return devices * dev.num_nodes if is_int(devices) else None
 
 
 def check_memory(cfg: Any) -> None:
@@ -381,7 +369,7 @@ def check_memory(cfg: Any) -> None:
     # A training epoch's series (x, y as int64, generated per stream then stacked: ~2 copies) and the validation's.
     needed = {"data.total_series_length": 32 * d.total_series_length,
               "data.val_series_length": 32 * d.val_series_length}
-    if OmegaConf.select(cfg, "model.net._target_") == STACKED_RNN and _is_int(cfg.model.net.get("state_size")):
+    if OmegaConf.select(cfg, "model.net._target_") == STACKED_RNN and is_int(cfg.model.net.get("state_size")):
         h, layers = cfg.model.net.state_size, cfg.layers
         params = layers * (4 * h * (h + h + 2)) + 2 * h + 2  # an upper bound for any cell (LSTM: 4 gates)
         needed["model.net.state_size"] = 4 * 4 * params  # weights, gradients, two optimizer buffers (float32)

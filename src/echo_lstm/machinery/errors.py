@@ -58,7 +58,7 @@ class ConfigError(EchoError, ValueError):
 
 def check(ok: bool, name: str, value: Any, allowed: str) -> None:
     """A constructor's check of its own argument (the one home of its range): `name=value` refused in one line. The
-    app names the whole setting (`data.batch_size`) wherever the class is configured (training.built)."""
+    app names the whole setting (`data.batch_size`) wherever the class is configured (machinery/run.built)."""
     if not ok:
         raise ConfigError(name, value, allowed)
 

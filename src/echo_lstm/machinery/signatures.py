@@ -134,15 +134,23 @@ def _kinds(annotation: str | None) -> set[str] | None:
 KIND_TEXT = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "None": "null"}
 
 
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _fits(kind: str, value: Any) -> bool:
     if kind == "None":
         return value is None
     if kind == "bool":
         return isinstance(value, bool)
     if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
+        return is_int(value)
     if kind == "float":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return is_number(value)
     return isinstance(value, str)
 
 
