@@ -39,14 +39,9 @@ OPTIONAL_PLUGINS = [
 ]
 
 
-# lightning-hydra-template's spellings, and what to type here instead.
-TEMPLATE_SPELLINGS = {
-    ("trainer", "cpu"): " (the device is its own group here: device=cpu)",
-    ("trainer", "gpu"): " (the device is its own group here: device=gpu)",
-    ("trainer", "mps"): " (the device is its own group here: device=auto)",
-    ("trainer", "ddp"): " (the device is its own group here: device=multi_gpu on GPUs, device=ddp_cpu on CPU)",
-    ("trainer", "ddp_sim"): " (the device is its own group here: device=ddp_cpu)",
-}
+# lightning-hydra-template's `trainer=` options, and the device option to type here instead.
+TEMPLATE_TRAINERS = {"cpu": "device=cpu", "gpu": "device=gpu", "mps": "device=auto", "ddp_sim": "device=ddp_cpu",
+                     "ddp": "device=multi_gpu on GPUs, device=ddp_cpu on CPU"}
 
 
 NOT_NULL = {"seed": ": a run's data and weights follow from its seed; give an integer in [0, 2**32 - 1] "
@@ -97,14 +92,14 @@ def parses(override: str) -> bool:
 def siblings(parent: Any) -> list[str]:
     """The keys of the node an unknown key was set in, and what its `_target_`'s constructor takes (for 'did you
     mean')."""
-    from omegaconf import DictConfig
+    from omegaconf import DictConfig, OmegaConf
 
     from echo_lstm.machinery.signatures import names
 
     if not isinstance(parent, DictConfig):
         return []
-    target = parent._get_node("_target_") if "_target_" in parent else None
-    return list(dict.fromkeys([str(k) for k in parent.keys()] + names(target._value() if target else None)))
+    target = OmegaConf.select(parent, "_target_", throw_on_resolution_failure=False)
+    return list(dict.fromkeys([str(k) for k in parent.keys()] + names(target)))
 
 
 def translate(error: BaseException, argv: list[str]) -> ConfigError | None:
@@ -118,8 +113,9 @@ def translate(error: BaseException, argv: list[str]) -> ConfigError | None:
     if isinstance(error, MissingConfigException) and error.missing_cfg_file:
         group, _, option = str(error.missing_cfg_file).rpartition("/")
         if error.options:
-            return ConfigError(group or option, Raw(option), f"must be one of {', '.join(error.options)}"
-                                                             f"{TEMPLATE_SPELLINGS.get((group, option), '')}")
+            device = TEMPLATE_TRAINERS.get(option) if group == "trainer" else None
+            hint = f" (the device is its own group here: {device})" if device else ""
+            return ConfigError(group or option, Raw(option), f"must be one of {', '.join(error.options)}{hint}")
         return ConfigError("config", Raw(str(error.missing_cfg_file)), "no such config file")
     if isinstance(error, OverrideParseException):
         reason = str(error).splitlines()[0]
