@@ -27,6 +27,7 @@ from echo_lstm.machinery.run import (
     quiet_libraries,
     resume_command,
     say,
+    share,
     stopped,
     summarize,
     trainer_refusal,
@@ -104,11 +105,12 @@ def _train(cfg: DictConfig, callbacks: list[Any] | None) -> RunResult:
     callbacks = drop_disabled(callbacks, args)
     if args.get("enable_checkpointing") is None and not any(isinstance(c, pl.callbacks.Checkpoint) for c in callbacks):
         args["enable_checkpointing"] = False  # no checkpoint callback configured: none of Lightning's either
+    n_train = len(datamodule.train_dataloader())
     if isinstance(args.get("val_check_interval"), int):  # fewer batches than that: once per epoch (warned)
-        args["val_check_interval"] = min(args["val_check_interval"], batches_per_epoch(args, datamodule))
-    for key, n in (("limit_train_batches", len(datamodule.train_dataloader())), ("limit_val_batches", 1)):
+        args["val_check_interval"] = min(args["val_check_interval"], batches_per_epoch(args, n_train))
+    for key, n in (("limit_train_batches", n_train), ("limit_val_batches", 1)):
         if isinstance(args.get(key), float) and 0 < args[key] < 1:  # a share of an epoch: at least one batch
-            args[key] = max(1, int(n * args[key]))
+            args[key] = share(args[key], n)
     plugins: list[Any] = [AtomicCheckpointIO(run_dir / "checkpoints")]  # see machinery/checkpoint.py
     from pytorch_lightning.plugins.environments import SLURMEnvironment
 

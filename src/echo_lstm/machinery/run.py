@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,13 +107,18 @@ def stopped(signum: int, trainer: Any, run_dir: Path) -> Stopped:
     return Stopped(signum, line)
 
 
-def batches_per_epoch(args: dict[str, Any], datamodule: Any) -> int:
-    """Training batches per epoch, after `limit_train_batches` / `overfit_batches` (ints: batches; floats: a share)."""
-    n = len(datamodule.train_dataloader())
+def share(fraction: float, n: int) -> int:
+    """A fraction of n batches, counted as Lightning counts it, but at least one (Lightning refuses fewer)."""
+    return max(1, int(n * fraction))
+
+
+def batches_per_epoch(args: dict[str, Any], n: int) -> int:
+    """Of an epoch's n training batches, those left after `limit_train_batches` / `overfit_batches` (ints: batches;
+    floats: a share)."""
     for key in ("overfit_batches", "limit_train_batches"):
         limit = args.get(key)
         if limit:
-            n = min(n, limit) if isinstance(limit, int) else max(1, int(n * limit))
+            n = min(n, limit) if isinstance(limit, int) else share(limit, n)
             break  # overfit_batches overrides limit_train_batches (as in Lightning)
     return max(1, n)
 
@@ -157,17 +163,15 @@ def built(key: str, node: Any, make: Any) -> Any:
     try:
         return make()
     except (InstantiationException, TypeError, ValueError, ImportError, AttributeError) as error:
-        import re
-
         targets = []
         while error.__cause__ is not None:  # Hydra wraps the error that says what is wrong (once per nested object)
             targets += re.findall(r"Error in call to target '([^']+)'", str(error))[:1]
             error = error.__cause__
         if isinstance(error, ConfigError):  # a constructor's own check (errors.check): name the whole setting
             raise ConfigError(setting(key, node, error.key), error.value, error.allowed) from None
-        named = [(k, v) for k, v in (node.items() if isinstance(node, DictConfig) else ()) if isinstance(error,
-                 ValueError) and isinstance(v, (int, float)) and re.search(rf"(?<![\w.-]){re.escape(str(v))}(?![\w.])",
-                                                                          str(error))]
+        quoted = isinstance(error, ValueError) and isinstance(node, DictConfig)
+        named = [(k, v) for k, v in (node.items() if quoted else ()) if isinstance(v, (int, float))
+                 and re.search(rf"(?<![\w.-]){re.escape(str(v))}(?![\w.])", str(error))]
         if len(named) == 1:  # a plain ValueError that quotes one of the node's values (torch's "Invalid ...: -0.1")
             target = str(node.get("_target_", "?")).rsplit(".")[-1]
             raise ConfigError(f"{key}.{named[0][0]}", named[0][1], f"{target} refuses it: {error}") from None
@@ -193,23 +197,18 @@ def nodes(node: Any, path: str = "") -> list[tuple[str, Any]]:
 def setting(key: str, node: Any, name: str) -> str:
     """The full key of the argument `name` that a class built from `node` (at `key`) refused: where it is set in the
     node or a node inside it, or the top-level setting it reads (`model.net.layers: ${layers}` -> `layers`)."""
-    raw = OmegaConf.to_container(node, resolve=False)
-
-    def find(d: dict[str, Any], prefix: str) -> str | None:
-        if name in d and not isinstance(d[name], dict):
-            found = d[name]
-            if isinstance(found, str) and found.startswith("${") and found.endswith("}") and ":" not in found:
-                return found[2:-1]
-            return prefix + name
-        return next((f for k, v in d.items() if isinstance(v, dict) and (f := find(v, f"{prefix}{k}."))), None)
-
-    return find(raw, f"{key}.") or f"{key}.{name}"
+    for path, n in nodes(node):
+        raw = OmegaConf.to_container(n, resolve=False)
+        if name in raw and not isinstance(raw[name], dict):
+            value = raw[name]
+            if isinstance(value, str) and value.startswith("${") and value.endswith("}") and ":" not in value:
+                return value[2:-1]
+            return ".".join(p for p in (key, path, name) if p)
+    return f"{key}.{name}"
 
 
 def trainer_refusal(error: BaseException, cfg: DictConfig) -> ConfigError:
     """Lightning's refusal of a Trainer argument as one line naming it (Lightning names it in backticks)."""
-    import re
-
     text = (str(error).strip().splitlines() or [type(error).__name__])[0]
     named = [n for n in re.findall(r"`(\w+)", text) if n in cfg.trainer]
     named += [k for k, v in cfg.trainer.items() if isinstance(v, str) and f"'{v}'" in text]  # a value it quotes
