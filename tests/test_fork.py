@@ -3,6 +3,7 @@ that holds the thing, at most one YAML and the fork's own test. Each then runs t
 one `error:` line, and the guards that used to need hand-kept lists elsewhere (the metrics registry, the list of
 optimizers) still pass. The README's "Where to change what" rows name exactly the files changed here."""
 
+import os
 import re
 import shutil
 import subprocess
@@ -46,17 +47,25 @@ def test_asgd():
     assert compose("optimizer=asgd").optimizer._target_ == "torch.optim.ASGD"
 '''
 
+
+
+def before(anchor, text):
+    return anchor, text + anchor
+
+
+def after(anchor, text):
+    return anchor, anchor + text
+
+
 # name: {file: [(anchor, replacement)] or the whole new file}, the fork's test, a run's overrides, a bad value and
 # the start of its line, the guards to run again.
 CHANGES = {
     "a metric": dict(
         edits={"src/echo_lstm/metrics.py": [
-            ('    Metric("train/steps_to_echo",',
-             '    Metric("*/ones", "max", "train batch", False, False, "share of predicted ones"),\n'
-             '    Metric("train/steps_to_echo",'),
-            ('        f"{stage}/interior_acc": masked_acc(correct, valid & ~boundary),\n',
-             '        f"{stage}/interior_acc": masked_acc(correct, valid & ~boundary),\n'
-             '        f"{stage}/ones": preds.float().mean(),\n')]},
+            before('    Metric("train/steps_to_echo",',
+                   '    Metric("*/ones", "max", "train batch", False, False, "share of predicted ones"),\n'),
+            after('        f"{stage}/interior_acc": masked_acc(correct, valid & ~boundary),\n',
+                  '        f"{stage}/ones": preds.float().mean(),\n')]},
         test=METRIC_TEST, run=["optimized_metric=val/ones", "callbacks.model_checkpoint.monitor=val/ones"],
         logged=["train/ones", "val/ones"], bad=("optimized_metric=val/twos", "error: optimized_metric='val/twos'"),
         guards=["tests/test_learning.py::test_carried_state_is_what_learns_the_boundary_while_training"]),
@@ -68,29 +77,24 @@ CHANGES = {
     "a network option": dict(
         edits={"src/echo_lstm/models/net.py": [
             ("forget_bias: float = 0.0):", "forget_bias: float = 0.0, layer_norm: bool = False):"),
-            ("        self.head = nn.Linear(state_size, 2)\n",
-             "        self.head = nn.Linear(state_size, 2)\n"
-             "        self.norm = nn.LayerNorm(state_size) if layer_norm else None\n"),
-            ("        out, hidden = self.rnn(inputs, hidden)\n",
-             "        out, hidden = self.rnn(inputs, hidden)\n"
-             "        if self.norm is not None:\n            out = self.norm(out)\n")],
-            "conf/model/lstm.yaml": [("  forget_bias: 0.0", "  layer_norm: false\n  forget_bias: 0.0")]},
+            after("        self.head = nn.Linear(state_size, 2)\n",
+                  "        self.norm = nn.LayerNorm(state_size) if layer_norm else None\n"),
+            after("        out, hidden = self.rnn(inputs, hidden)\n",
+                  "        if self.norm is not None:\n            out = self.norm(out)\n")],
+            "conf/model/lstm.yaml": [before("  forget_bias: 0.0", "  layer_norm: false\n")]},
         test=NET_TEST, run=["model.net.layer_norm=true"], logged=[],
         bad=("model.net.layer_norm=maybe", "error: model.net.layer_norm=maybe is invalid: must be true or false"),
         guards=["tests/test_model.py"]),
     "a data option": dict(
         edits={"src/echo_lstm/data/echo.py": [
             ("        seed: int,\n    ):", "        seed: int,\n        flip_prob: float = 0.0,\n    ):"),
-            ("        self.save_hyperparameters(logger=False)\n",
-             '        check(0 <= flip_prob < 1, "flip_prob", flip_prob, "must be in [0, 1)")\n'
-             "        self.save_hyperparameters(logger=False)\n"),
-            ("        T, device = h.truncated_backprop_length, self._device()\n",
-             "        if h.flip_prob:  # noisy inputs, clean targets\n"
-             "            flips = torch.rand(x.shape, generator=torch.Generator().manual_seed(h.seed + epoch))\n"
-             "            x = torch.where(flips < h.flip_prob, 1 - x, x)\n"
-             "        T, device = h.truncated_backprop_length, self._device()\n")],
-            "conf/data/echo.yaml": [("seed: ${seed}", "flip_prob: 0.0               # inputs flipped at random\n"
-                                                     "seed: ${seed}")]},
+            before("        self.save_hyperparameters(logger=False)\n",
+                   '        check(0 <= flip_prob < 1, "flip_prob", flip_prob, "must be in [0, 1)")\n'),
+            before("        T, device = h.truncated_backprop_length, self._device()\n",
+                   "        if h.flip_prob:  # noisy inputs, clean targets\n"
+                   "            flips = torch.rand(x.shape, generator=torch.Generator().manual_seed(h.seed + epoch))\n"
+                   "            x = torch.where(flips < h.flip_prob, 1 - x, x)\n")],
+            "conf/data/echo.yaml": [before("seed: ${seed}", "flip_prob: 0.0  # inputs flipped at random\n")]},
         test=DATA_TEST, run=["data.flip_prob=0.1"], logged=[],
         bad=("data.flip_prob=2", "error: data.flip_prob=2 is invalid: must be in [0, 1)"),
         guards=["tests/test_data.py"]),
@@ -108,7 +112,7 @@ def fork(tmp_path):
 
 
 def run(copy, *args, **kwargs):
-    env = {**__import__("os").environ, "PYTHONPATH": str(copy / "src")}
+    env = {**os.environ, "PYTHONPATH": str(copy / "src")}
     return subprocess.run([sys.executable, *args], cwd=copy, env=env, capture_output=True, text=True, timeout=600,
                           **kwargs)
 
@@ -134,8 +138,8 @@ def test_a_fork_changes_one_file_one_yaml_and_its_test(tmp_path, name):
         target.write_text(text)
     own_test = copy / "tests" / f"test_my_{name.split()[-1]}.py"
     own_test.write_text(change["test"])
-    status = run(copy, "-c", "import subprocess; print(subprocess.check_output(['git', 'status', '--porcelain', "
-                             "'--untracked-files=all'], text=True))").stdout.split("\n")
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=copy, capture_output=True,
+                            text=True, check=True).stdout.splitlines()
     changed = sorted(line[3:] for line in status if line.strip())
     sources = [p for p in changed if p.startswith("src/")]
     yamls = [p for p in changed if p.startswith("conf/")]
