@@ -96,6 +96,11 @@ REFUSED_AFTER_THE_CLAIM = [
     (["optimizer._target_=torch.optim.Nope"], "optimizer._target_=torch.optim.Nope is invalid: cannot be built"),
     (["model.net._target_=torch.nn.Linear"], "model.net._target_=torch.nn.Linear is invalid: cannot be built: "
                                               "Linear.__init__() got an unexpected keyword argument 'cell'"),
+    # a constructor's own check (issue 19: the ranges' one home), named by the setting
+    (["data.echo_step=20000"], "data.echo_step=20000 is invalid: must be shorter than a stream"),
+    (["data.batch_size=0"], "data.batch_size=0 is invalid: must be an integer >= 1"),
+    (["model.net.state_size=0"], "model.net.state_size=0 is invalid: must be an integer >= 1"),
+    (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 is invalid: Adagrad refuses it"),
     *([] if torch.cuda.is_available() else [(["device=gpu"], "no CUDA GPU is visible")]),
 ]
 
@@ -202,9 +207,10 @@ def test_resume_accepts_a_value_equal_to_the_runs_own_and_records_the_resumed_co
 def test_hydra_level_mistakes_are_one_line(tmp_path):
     cases = [["layerz=5"], ["device=tpu9"], ["layers=abc"], ["layers=[1"], ["seed=-1"], ["threads=1000"],
              ["model.net.forget_bias=nan"], ["optimizer.weight_decay=inf"], ["trainer.check_val_every_n_epoch=0"],
-             ["data.echo_step=20000"], ["model.net.state_size=100000"], ["optimizer.lr=1e308"]]
+             ["model.net.state_size=100000"], ["optimizer.lr=1e308"], ["+data.noise=0.1"], ["model.net.layers=5"],
+             ["trainer=gpu"], ["seed=null"]]
     for case, proc in zip(cases, run_all([[*c, f"hydra.run.dir={tmp_path}/run"] for c in cases]), strict=True):
-        assert_refused(proc, case[0].split("=")[0] + "=")
+        assert_refused(proc, case[0].split("=")[0].lstrip("+") + "=")
     assert not (tmp_path / "run").exists()
 
 
