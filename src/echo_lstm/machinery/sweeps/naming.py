@@ -1,8 +1,6 @@
 """Sweep job dirs (= TensorBoard run names) that say what differs: `<job number>_<swept values>`, e.g. `2_layers=3`.
-
-The preflight callback records which keys the sweep varies (`record_swept_keys`, at the start of the multirun);
-jobs may run in other processes (joblib, submitit), which inherit it through the environment.
-"""
+The preflight records the keys the sweep varies at its start, in the environment: jobs in other processes (joblib,
+submitit) inherit it."""
 
 from __future__ import annotations
 
@@ -36,17 +34,12 @@ def job_values(overrides: list[str]) -> list[str]:
     swept = os.environ.get(SWEPT_KEYS_ENV)
     if swept is None:
         return overrides
-    keys = set(swept.split(",")) - {""}
-    return [o for o in overrides if split_override(o)[0] in keys]
+    return [o for o in overrides if split_override(o)[0] in swept.split(",")]
 
 
 def sweep_job_name(num: int, overrides: Any) -> str:
-    """Hydra resolver for `hydra.sweep.subdir`: `<job number>_<the job's values of the swept keys>`.
-
-    The constant overrides are the same for every job, so they stay out of the name (they are in the sweep
-    summary). Without the list of swept keys (a job started elsewhere), all overrides are named, shortened to
-    fit a file name.
-    """
+    """Hydra resolver for `hydra.sweep.subdir`: `<job number>_<the job's values of the swept keys>`, shortened to
+    fit a file name. (The constant overrides are the same for every job: they are in the sweep summary.)"""
     items = job_values([str(o) for o in overrides])
     name = f"{num}_{','.join(items)}" if items else str(num)
     if len(name) > 120:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from echo_lstm.machinery.config import available_cores
 
@@ -12,17 +11,13 @@ log = logging.getLogger(__name__)
 
 def parallel_jobs() -> int:
     """How many jobs of this sweep run at the same time on this machine (1 outside a joblib sweep)."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
+    from hydra.core.hydra_config import HydraConfig
 
-        launcher: Any = HydraConfig.get().launcher if HydraConfig.initialized() else None
-    except Exception:
-        launcher = None
+    launcher = HydraConfig.get().launcher if HydraConfig.initialized() else None
     if launcher is None or "JoblibLauncher" not in str(launcher.get("_target_", "")):
         return 1
     n_jobs = int(launcher.get("n_jobs") or -1)
-    cores = available_cores()
-    return n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)  # joblib: -1 = all cores, -2 = all but 1
+    return n_jobs if n_jobs > 0 else max(1, available_cores() + 1 + n_jobs)  # joblib: -1 = all cores, -2 = all but 1
 
 
 def job_threads(requested: int) -> int:
