@@ -72,11 +72,16 @@ def plot_sweep_summary(jobs: list[dict], swept: list[str], metric: str, path: Pa
     cells = _aggregate(jobs, keys, metric, steps_metric, maximize)
     fig = Figure(figsize=(10, 4.2), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    labels = (f"{metric} ({'higher' if maximize else 'lower'} is better)", f"{steps_metric} (fewer is better)")
-    if len(keys) == 1:
-        _lines(fig.subplots(1, 2), keys[0], cells, labels)
-    else:
-        _heatmaps(fig, fig.subplots(1, 2), keys, cells, labels, maximize)
+    panels = [("metric", f"{metric} ({'higher' if maximize else 'lower'} is better)", maximize),
+              ("steps", f"{steps_metric} (fewer is better)", False)]
+    for ax, (name, label, high_good) in zip(fig.subplots(1, 2), panels, strict=True):
+        if len(keys) == 1:
+            _line(ax, name, cells)
+        else:
+            _heatmap(fig, ax, name, cells, high_good)
+            ax.set_ylabel(keys[0], fontsize=10)
+        ax.set_xlabel(keys[-1], fontsize=10)
+        ax.set_title(label, fontsize=10)
     failed = sum(j.get("status") != "completed" for j in jobs)
     notes = [f"{len(jobs)} jobs", *([f"{failed} failed"] if failed else [])]
     if len(swept) > 2:
@@ -92,77 +97,68 @@ def plot_sweep_summary(jobs: list[dict], swept: list[str], metric: str, path: Pa
     return Path(path)
 
 
-def _lines(axes: Any, key: str, cells: dict, labels: tuple[str, str]) -> None:
-    """Metric (left) and steps (right) vs one key; never-learned at the top, failed-only at the bottom."""
+def _line(ax: Any, name: str, cells: dict) -> None:
+    """The metric or the steps vs one key; never-learned at the top, failed-only at the bottom."""
     import numpy as np
 
     order, numeric = _order([k[0] for k in cells])
     xs = np.array([float(v) for v in order]) if numeric else np.arange(len(order), dtype=float)
     if numeric and xs.min() > 0 and xs.max() / xs.min() >= 100:
         xs = np.log10(xs)  # a log scale, with the values as the ticks' labels
-    ticks = [_fmt(float(v)) for v in order] if numeric else order
+    ys = np.array([np.nan if cells[(v,)][name] in (None, INF) else cells[(v,)][name] for v in order])
+    ax.plot(xs, ys, marker="o", color="tab:blue" if name == "metric" else "tab:orange",
+            linestyle="-" if numeric else "none")  # NaN breaks the line
+    edge = ax.get_xaxis_transform()  # x in data, y in axes coordinates: beyond the data, whatever its range
+    for x, v in zip(xs, order, strict=True):
+        # Labelled at each marker (not a legend): the y axis must not be read at these points. No value: every job
+        # failed, or the metric was not logged or NaN (a diverged run).
+        cell = cells[(v,)]
+        if cell[name] == INF:
+            y, color, word, dy = 0.96, "tab:red", "never", -11
+        elif cell[name] is None:
+            y, color, word, dy = 0.04, "grey", "failed" if cell["jobs"] == cell["failed"] else "n/a", 11
+        else:
+            continue
+        ax.scatter([x], [y], transform=edge, marker="x", s=70, color=color, clip_on=False)
+        ax.annotate(word, (x, y), xycoords=edge, xytext=(0, dy), textcoords="offset points", fontsize=9,
+                    color=color, va="center", ha="center")
+    if np.isnan(ys).all():
+        ax.set_yticks([])
+    ax.margins(y=0.15)  # room above and below the data for the edge markers
+    ax.set_xticks(xs, [_fmt(float(v)) for v in order] if numeric else order)
     pad = 0.06 * (np.ptp(xs) or 1.0) if numeric else 0.5
-    for ax, name, label, color in zip(axes, ("metric", "steps"), labels, ("tab:blue", "tab:orange"), strict=True):
-        ys = np.array([np.nan if cells[(v,)][name] in (None, INF) else cells[(v,)][name] for v in order])
-        ax.plot(xs, ys, marker="o", color=color, linestyle="-" if numeric else "none")  # NaN breaks the line
-        edge = ax.get_xaxis_transform()  # x in data, y in axes coordinates: beyond the data, whatever its range
-        for x, v in zip(xs, order, strict=True):
-            # Labelled at each marker (not a legend): the y axis must not be read at these points. No value: every
-            # job failed, or the metric was not logged or NaN (a diverged run).
-            cell = cells[(v,)]
-            if cell[name] == INF:
-                mark = (0.96, "tab:red", "never", -11)
-            elif cell[name] is None:
-                mark = (0.04, "grey", "failed" if cell["jobs"] == cell["failed"] else "n/a", 11)
-            else:
-                continue
-            y, color, word, dy = mark
-            ax.scatter([x], [y], transform=edge, marker="x", s=70, color=color, clip_on=False)
-            ax.annotate(word, (x, y), xycoords=edge, xytext=(0, dy), textcoords="offset points", fontsize=9,
-                        color=color, va="center", ha="center")
-        if np.isnan(ys).all():
-            ax.set_yticks([])
-        ax.margins(y=0.15)  # room above and below the data for the edge markers
-        ax.set_xticks(xs, ticks)
-        ax.set_xlim(xs.min() - pad, xs.max() + pad)  # by hand: autoscaling ignores the edge markers and NaN points
-        ax.set_xlabel(key, fontsize=10)
-        ax.set_title(label, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.tick_params(labelsize=9)
+    ax.set_xlim(xs.min() - pad, xs.max() + pad)  # by hand: autoscaling ignores the edge markers and NaN points
+    ax.grid(alpha=0.3)
+    ax.tick_params(labelsize=9)
 
 
-def _heatmaps(fig: Any, axes: Any, keys: list[str], cells: dict, labels: tuple[str, str], maximize: bool) -> None:
-    """Metric and steps as heatmaps (rows: first key, columns: second); the better end is yellow in both."""
+def _heatmap(fig: Any, ax: Any, name: str, cells: dict, high_good: bool) -> None:
+    """The metric or the steps as a heatmap (rows: the first key, columns: the second); the better end yellow."""
     import numpy as np
     from matplotlib.colors import ListedColormap
 
     rows, _ = _order([k[0] for k in cells])
     cols, _ = _order([k[1] for k in cells])
+    grid = np.full((len(rows), len(cols)), np.nan)
+    text = np.full(grid.shape, "", dtype=object)
+    for (r, c), cell in cells.items():
+        i, j, value = rows.index(r), cols.index(c), cell[name]
+        if value == INF:
+            text[i, j] = "never"
+        elif value is not None:
+            grid[i, j], text[i, j] = value, str(round(value)) if name == "steps" else _fmt(value)
+        elif cell["jobs"] == cell["failed"]:
+            text[i, j] = "failed"
+    ax.set_facecolor("#eeeeee")  # failed or no job: the masked cells show the background
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis" if high_good else "viridis_r", aspect="auto")
+    ax.imshow(np.ma.masked_where(text != "never", text == "never"), cmap=ListedColormap(["#b0b0b0"]), aspect="auto")
+    if not np.isnan(grid).all():
+        fig.colorbar(image, ax=ax, fraction=0.08, pad=0.02).ax.tick_params(labelsize=8)
     size = max(6.0, min(10.0, 80 / max(len(rows), len(cols))))
-    for ax, name, label, high_good in zip(axes, ("metric", "steps"), labels, (maximize, False), strict=True):
-        grid = np.full((len(rows), len(cols)), np.nan)
-        text = np.full(grid.shape, "", dtype=object)
-        for (r, c), cell in cells.items():
-            i, j, value = rows.index(r), cols.index(c), cell[name]
-            if value == INF:
-                text[i, j] = "never"
-            elif value is not None:
-                grid[i, j], text[i, j] = value, str(round(value)) if name == "steps" else _fmt(value)
-            elif cell["jobs"] == cell["failed"]:
-                text[i, j] = "failed"
-        ax.set_facecolor("#eeeeee")  # failed or no job: the masked cells show the background
-        image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis" if high_good else "viridis_r", aspect="auto")
-        never = text == "never"
-        ax.imshow(np.ma.masked_where(~never, never), cmap=ListedColormap(["#b0b0b0"]), aspect="auto")
-        if not np.isnan(grid).all():
-            fig.colorbar(image, ax=ax, fraction=0.08, pad=0.02).ax.tick_params(labelsize=8)
-        for (i, j), value in np.ndenumerate(grid):
-            shade = (1, 1, 1) if np.isnan(value) else image.cmap(image.norm(value))
-            dark = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] < 0.5  # luminance: white text on dark
-            ax.text(j, i, text[i, j], ha="center", va="center", fontsize=size, color="white" if dark else "black")
-        ax.set_xticks(range(len(cols)), cols)
-        ax.set_yticks(range(len(rows)), rows)
-        ax.set_xlabel(keys[1], fontsize=10)
-        ax.set_ylabel(keys[0], fontsize=10)
-        ax.set_title(label, fontsize=10)
-        ax.tick_params(labelsize=9, length=0)
+    for (i, j), value in np.ndenumerate(grid):
+        shade = (1, 1, 1) if np.isnan(value) else image.cmap(image.norm(value))
+        dark = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] < 0.5  # luminance: white text on dark
+        ax.text(j, i, text[i, j], ha="center", va="center", fontsize=size, color="white" if dark else "black")
+    ax.set_xticks(range(len(cols)), cols)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.tick_params(labelsize=9, length=0)
