@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from echo_lstm import metrics as registry
 from echo_lstm.machinery.errors import command, hydra_quote, relpath, signal_name
@@ -34,9 +34,8 @@ RECORDS = ".jobs"
 
 
 class JobResult(float):
-    """What a job returns: a float (the optimized metric, for Hydra's sweepers; NaN for a failed job) that carries
-    the run's final metrics and steps, and for a job that failed in a known way its one-line reason and exit code.
-    (Pickled with its attributes: joblib workers send it back.)"""
+    """What a job returns: a float for Hydra's sweepers (the optimized metric; NaN for a failed job) with the run's
+    final metrics and step, and the reason and exit code of a job that failed in a known way (a bad setting ...)."""
 
     def __new__(cls, value: float, metrics: dict[str, float] | None = None, status: str = "completed",
                 reason: str = "", exit_code: int = 0, step: int | None = None) -> JobResult:
@@ -50,11 +49,8 @@ class JobResult(float):
 
 
 def sweeper_direction(sweeper: Any) -> str | None:
-    """'maximize' or 'minimize' if the sweeper optimizes in a direction (Optuna: a name, an enum or a list)."""
-    direction = sweeper.get("direction") if sweeper else None
-    if isinstance(direction, ListConfig):
-        direction = direction[0] if direction else None
-    text = str(direction).lower()
+    """'maximize' or 'minimize' if the sweeper optimizes in a direction (Optuna's: a name or an enum), else None."""
+    text = str(sweeper.get("direction") if sweeper else None).lower()
     return "maximize" if "max" in text else "minimize" if "min" in text else None
 
 
