@@ -154,8 +154,7 @@ def claim_new(path: Path, key: str, unique: bool, hint: str = " (to continue the
                     continue
                 if not candidate.is_dir():
                     raise ConfigError(key, str(path), "exists and is not a directory") from None
-                existing = {p.name for p in candidate.iterdir()}
-                if existing:
+                if any(candidate.iterdir()):
                     raise ConfigError(key, str(path), f"exists and is not empty: a new run needs a new or empty "
                                       f"directory{hint}") from None
                 return lock(Claim(candidate, created=False), key)
