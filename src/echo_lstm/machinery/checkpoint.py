@@ -1,25 +1,15 @@
-"""`last.ckpt`: written atomically, at a cadence in chunks, after every validation and at the last batch.
+"""`last.ckpt`, the resume point, and the IO of every checkpoint of a run.
 
-Best-k checkpoints stay with Lightning's ModelCheckpoint (`callbacks.model_checkpoint`); this callback saves
-the resume point itself with `trainer.save_checkpoint`. It subclasses Lightning's `Checkpoint` so that Lightning
-runs it after the other callbacks (ModelCheckpoint included): the file holds their state after a validation.
-
-Every save happens at the end of a training batch or of a validation, where Lightning's loop state is
-consistent, so every checkpoint resumes exactly. A batch that a validation follows is not saved: Lightning
-resumes such a checkpoint without that validation; its end saves instead (compat.validation_follows). The
-loggers are flushed first, so what a resume starts from is on disk before the checkpoint that names it.
-
-What a checkpoint holds, all of it needed to continue exactly: Lightning's own (weights, optimizer state, loop
-progress, callback states, the train loader's position) and the model's (every stream's carried state, every
-process's RNG state). Only tensors and plain Python data: it loads with `torch.load(..., weights_only=True)`.
-
-A checkpoint is data, never instructions: Lightning restores ModelCheckpoint's paths (`best_k_models`, ...) from
-it and later deletes the files they name, so `AtomicCheckpointIO` drops foreign paths when loading
-(resume.drop_foreign_paths) and deletes only a regular file inside the run's checkpoints dir (rundir.own_file).
+`LastCheckpoint` saves at a cadence, after every validation and at the last batch, always where Lightning's loop
+state is consistent, so every checkpoint resumes exactly. It subclasses Lightning's `Checkpoint` so that Lightning
+runs it after the other callbacks (ModelCheckpoint, which keeps best-k): the file holds their state. A checkpoint
+is data, never instructions: Lightning restores ModelCheckpoint's paths from it and later deletes the files they
+name, so `AtomicCheckpointIO` drops foreign paths when loading and deletes only this run's checkpoint files.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -33,26 +23,18 @@ from echo_lstm.machinery.errors import WriteFailed
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then rename over `path`.
-
-    A kill at any moment leaves either the old file or the new one, never a torn one. (Lightning's own save
-    stages the file in the system temp dir and *moves* it, which is a copy, not a rename, whenever that dir is
-    on another filesystem.)
-    """
+    """torch.save, then rundir.write_file: a kill at any moment leaves the old file or the new one, never a torn one.
+    (Lightning's own save *moves* a file from the system temp dir: a copy when that is another filesystem.)"""
     import torch
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     existed = path.exists()
+    buffer = io.BytesIO()  # (the checkpoint is held in memory once more while it is written)
+    torch.save(obj, buffer)
     try:
-        with os.fdopen(rundir.open_new(tmp), "wb") as f:  # never through a link planted at the temp name
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rundir.write_file(path, buffer.getvalue())
     except OSError as error:
-        tmp.unlink(missing_ok=True)
         reason = os.strerror(error.errno) if error.errno else str(error)
         raise WriteFailed(path, reason, "the previous one is intact" if existed else "") from error
 
@@ -61,9 +43,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint IO for every checkpoint of a run (last and best-k): atomic saves, loads with
     `weights_only=True` minus foreign callback paths, and deletions only of this run's checkpoint files."""
 
-    def __init__(self, checkpoints: Path | None = None):
+    def __init__(self, checkpoints: Path):
         super().__init__()
-        self.checkpoints = Path(checkpoints) if checkpoints is not None else None  # <run dir>/checkpoints
+        self.checkpoints = Path(checkpoints)  # <run dir>/checkpoints
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
         atomic_torch_save(checkpoint, Path(path))
@@ -75,13 +57,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
         where = map_location if map_location is not None else (lambda storage, loc: storage)  # as Lightning's
         checkpoint = torch.load(path, map_location=where, weights_only=True)
-        if self.checkpoints is not None:
-            drop_foreign_paths(checkpoint, self.checkpoints)
+        drop_foreign_paths(checkpoint, self.checkpoints)
         return checkpoint
 
     def remove_checkpoint(self, path: Any) -> None:
         # Lightning's removes recursively whatever it is given; here only a regular .ckpt file of this run's dir.
-        if self.checkpoints is not None and str(path).endswith(".ckpt") and rundir.own_file(path, self.checkpoints):
+        if str(path).endswith(".ckpt") and rundir.own_file(path, self.checkpoints):
             os.unlink(path)
 
 
@@ -97,8 +78,8 @@ class LastCheckpoint(Checkpoint):
     """`<dirpath>/last.ckpt`, every `every_n_steps` optimizer steps (0: no cadence), after every validation and
     at the last training batch."""
 
-    def __init__(self, dirpath: str, every_n_steps: int = 0, filename: str = "last.ckpt"):
-        self.path = Path(dirpath) / filename
+    def __init__(self, dirpath: str, every_n_steps: int = 0):
+        self.path = Path(dirpath) / "last.ckpt"
         self.every_n_steps = every_n_steps
         self.saved_step = -1  # global step of the last save (of this fit)
 
@@ -119,11 +100,13 @@ class LastCheckpoint(Checkpoint):
             self.save(trainer)
 
     def save_unless_validation_follows(self, trainer: pl.Trainer) -> None:
-        """Save now, unless a validation follows this batch: then its end saves (see the module docstring)."""
+        """Save now, unless a validation follows this batch: Lightning would resume such a checkpoint without that
+        validation, so its end saves instead."""
         if not compat.validation_follows(trainer):
             self.save(trainer)
 
     def save(self, trainer: pl.Trainer) -> None:
+        """Flush the loggers first: what a resume starts from is on disk before the checkpoint that names it."""
         if trainer.global_step == self.saved_step or trainer.fast_dev_run:
             return
         for logger in trainer.loggers:

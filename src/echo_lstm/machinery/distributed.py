@@ -1,16 +1,11 @@
 """Devices and DDP: the `device` config as Trainer arguments, and the processes of a DDP run on this machine.
 
-Lightning would start DDP ranks 1..N-1 by re-running the script with `sys.argv` (in a multirun that starts a new
-sweep in every rank). Here rank 0 starts them itself, each a copy of *this job*: its overrides, in run mode, in
-the job's run dir (passed through the environment, so any path works), writing no Hydra files or logs of its
-own, with the standard variables (LOCAL_RANK, NODE_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT). Lightning then
-sees processes launched externally, its documented mode (as under torchrun), and only joins them. One run keeps
-one dir whatever the devices; a rank is recognised by a marker that only its parent can set (a LOCAL_RANK left
-in a user's shell is not taken for one); and rank 0 watches its ranks, so it can say which one died.
-
-On one machine the ranks talk over loopback (MASTER_ADDR 127.0.0.1; gloo's pair sockets on `lo`), but torch's
-rendezvous store listens on every interface on MASTER_PORT while the run lasts: torch has no setting for its
-address. Keep untrusted networks away with a firewall, or run in a network namespace.
+Lightning would start DDP ranks 1..N-1 by re-running the script with `sys.argv` (in a multirun: a new sweep in
+every rank). Here rank 0 starts each as a copy of *this job* (its overrides, in run mode, in the job's run dir,
+writing no Hydra files or logs) with the standard variables, so Lightning sees externally launched processes (as
+under torchrun) and only joins them. A rank is recognised by a marker only its parent can set, and rank 0 watches
+its ranks, to say which one died. The ranks talk over loopback, but torch's rendezvous store listens on every
+interface on MASTER_PORT while the run lasts (torch has no setting for it): keep untrusted networks away.
 """
 
 from __future__ import annotations
@@ -50,10 +45,9 @@ def managed_externally() -> bool:
 
 def external_rank() -> int:
     """This process's global rank when a launcher (srun, torchrun) started every rank, else 0."""
-    if not managed_externally():
-        return 0
-    value = os.environ.get("SLURM_PROCID") if "TORCHELASTIC_RUN_ID" not in os.environ else os.environ.get("RANK")
-    return int(value or 0)
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return int(os.environ.get("RANK") or 0)
+    return int(os.environ.get("SLURM_PROCID") or 0) if managed_externally() else 0
 
 
 def is_secondary_rank() -> bool:
@@ -103,7 +97,6 @@ class Ranks:
     def __init__(self) -> None:
         self.procs: list[subprocess.Popen] = []
         self.died: tuple[int, int] | None = None  # (local rank, exit status) of the first rank that failed
-        self._watch: threading.Thread | None = None
         self._done = threading.Event()
 
     def start(self, trainer: Any, run_dir: Path, strategy: str) -> None:
@@ -127,11 +120,10 @@ class Ranks:
         command = [sys.executable, str(entry_script), *hc.overrides.task, *searchpath,
                    f"hydra.run.dir=${{oc.env:{RUN_DIR}}}", *RANK_OVERRIDES]
         for rank in range(1, local):
-            child_env = {**os.environ, **shared, "LOCAL_RANK": str(rank)}
             self.procs.append(subprocess.Popen([*command, f"hydra.job.name={hc.job.name}_rank{rank}"],
-                                               env=child_env, cwd=hc.runtime.cwd))
-        self._watch = threading.Thread(target=self._observe, name="echo-lstm-ranks", daemon=True)
-        self._watch.start()
+                                               env={**os.environ, **shared, "LOCAL_RANK": str(rank)},
+                                               cwd=hc.runtime.cwd))
+        threading.Thread(target=self._observe, name="echo-lstm-ranks", daemon=True).start()
 
     def _check(self) -> tuple[int, int] | None:
         for rank, proc in enumerate(self.procs, start=1):
@@ -142,10 +134,8 @@ class Ranks:
 
     def _observe(self) -> None:
         while not self._done.wait(0.2):
-            if self._check() is not None:
-                # Rank 0 normally fails at its next collective; should it hang instead, end it.
-                if self._done.wait(60):
-                    return
+            # Rank 0 normally fails at its next collective after a rank died; should it hang instead, end it.
+            if self._check() is not None and not self._done.wait(60):
                 print(f"error: {self.death()}", file=sys.stderr, flush=True)
                 os._exit(ProcessDied.exit_code)
 
@@ -179,6 +169,8 @@ class Ranks:
 @contextlib.contextmanager
 def job_scope() -> Iterator[Ranks]:
     """The DDP ranks of one job, and no DDP state left behind it (the next job of a sweep starts clean)."""
+    import torch.distributed as dist
+
     before = {k: os.environ.get(k) for k in DDP_ENV}
     ranks = Ranks()
     failed = True
@@ -187,8 +179,6 @@ def job_scope() -> Iterator[Ranks]:
         failed = False
     finally:
         ranks.stop(failed)
-        import torch.distributed as dist
-
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
         for key, value in before.items():

@@ -15,16 +15,6 @@ from echo_lstm.machinery.checkpoint import LastCheckpoint
 from echo_lstm.machinery.sweeps.stop import requested as sweep_stopped
 
 
-def sweep_dir() -> str | None:
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        hc = HydraConfig.get()
-        return str(hc.sweep.dir) if str(hc.mode).upper().endswith("MULTIRUN") else None
-    except Exception:  # not a Hydra app (the Python API, tests)
-        return None
-
-
 class StopRequested(Exception):
     """Raised after the checkpoint is saved, to leave `fit` at once (`should_stop` would validate first)."""
 
@@ -44,18 +34,27 @@ class GracefulStop(pl.Callback):
         self.signal: int | None = None
         self._stop_at_next_batch: int | None = None
         self._previous: dict[int, Any] = {}
-        self._sweep_dir: str | None = None  # in a sweep: where its stop is requested
+        self._sweep_dir: str | None = None  # in a sweep: where its stop is requested (sweeps/stop.py)
 
     def _request(self, signum: int, frame: Any) -> None:
         if self.signal is not None and signum == signal.SIGINT:
             os._exit(128 + signum)  # second Ctrl-C: no more waiting
         self.signal = signum
 
+    def _take_signals(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            warnings = (signal.SIGUSR1, signal.SIGUSR2) if os.environ.get("SLURM_JOB_ID") else ()  # SLURM's
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, *warnings):  # SIGHUP: the terminal closed
+                self._previous.setdefault(sig, signal.signal(sig, self._request))
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # From the start of fit: a Ctrl-C before the first batch is a stop like any other (Lightning would catch
         # its KeyboardInterrupt and exit on its own).
+        from hydra.core.hydra_config import HydraConfig
+
         self._take_signals()
-        self._sweep_dir = sweep_dir()
+        if HydraConfig.initialized() and str(HydraConfig.get().mode).upper().endswith("MULTIRUN"):
+            self._sweep_dir = str(HydraConfig.get().sweep.dir)
         if slurm.early is not None:  # SLURM's warning came while the job started: stop at the first boundary
             self.signal, slurm.early = slurm.early, None
 
@@ -64,13 +63,6 @@ class GracefulStop(pl.Callback):
         stopped = sweep_stopped(self._sweep_dir)
         if stopped is not None:  # the sweep was stopped while this job was starting: train nothing
             raise StopRequested(stopped)
-
-    def _take_signals(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            warnings = (signal.SIGUSR1, signal.SIGUSR2) if os.environ.get("SLURM_JOB_ID") else ()  # SLURM's
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, *warnings):  # SIGHUP: the terminal closed
-                previous = signal.signal(sig, self._request)
-                self._previous.setdefault(sig, previous)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for sig, handler in self._previous.items():
@@ -81,19 +73,18 @@ class GracefulStop(pl.Callback):
         self.on_train_end(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        requested = self.signal or sweep_stopped(self._sweep_dir)  # a sweep's stop: sweeps/stop.py
+        requested = self.signal or sweep_stopped(self._sweep_dir)
         if trainer.world_size > 1:
             import torch
 
             flag = torch.tensor([requested or 0], device=pl_module.device)
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             requested = int(flag.item()) or None
-        if requested is None:
-            return
-        for callback in trainer.callbacks:
-            if isinstance(callback, LastCheckpoint):
-                callback.save_unless_validation_follows(trainer)
-        self._stop_at_next_batch = requested
+        if requested is not None:
+            for callback in trainer.callbacks:
+                if isinstance(callback, LastCheckpoint):
+                    callback.save_unless_validation_follows(trainer)
+            self._stop_at_next_batch = requested
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         # Leave before the next batch trains: by now Lightning has logged the saved step's metrics (and run a

@@ -1,18 +1,10 @@
-"""Continuing a run, and reading checkpoints safely: everything about resuming lives here.
+"""Continuing a run (`python train.py resume=<run dir>|latest [resumable overrides]`), and reading checkpoints safely.
 
-`python train.py resume=<run dir>|latest [resumable overrides]` is turned, before Hydra composes anything, into
-the resumed run's own command line: its stored overrides (`.hydra/overrides.yaml`), updated by the new ones,
-in its own dir (`hydra.run.dir`), with this session's Hydra files in `.hydra/resumed-<time>/`. So the resumed
-config is composed exactly as the original was, and a refused resume has written nothing:
-- the stored overrides are applied only if each is a key of this app's schema (or one of its config groups'
-  options) with a plain value: no `_target_`, no added keys, no interpolations. A run dir from someone else
-  cannot name code for this process to run;
-- a new override may change how the run goes on (`RESUMABLE`: more epochs or steps, devices, threads, figures,
-  checkpoint cadence), not what it computes: any other key is refused unless its value is the run's own;
-- the dir must hold a `last.ckpt` and no live run (its lock, see rundir.py).
-
-Checkpoints are read with `torch.load(..., weights_only=True)`: only tensors and plain data, no code runs. Their
-content is checked against the config before training starts from them.
+Before Hydra composes anything, `resume=` becomes the run's own command line: its stored overrides (checked: this
+app's keys with plain values only, so a run dir from someone else cannot name code to run), updated by the new
+ones (`RESUMABLE` keys, or the run's own values), in its own dir, with this session's Hydra files in
+`.hydra/resumed-<time>/`: the config is composed exactly as the original was, and a refused resume writes nothing.
+Checkpoints load with `weights_only=True` (no code runs) and are checked against the config before training.
 """
 
 from __future__ import annotations
@@ -34,10 +26,9 @@ RESULT = "result.json"  # written when a run finishes: a finished run is read-on
 LIMITS = ("trainer.max_steps", "trainer.max_epochs", "trainer.max_time")
 RUNS = Path("outputs/runs")
 
-# Keys whose change does not make a different experiment: how and where the run goes on.
-RESUMABLE = ("threads", "device", "device.", "trainer.max_epochs", "trainer.max_steps", "trainer.max_time",
-             "trainer.enable_progress_bar", "trainer.log_every_n_steps", "trainer.enable_model_summary",
-             "checkpoint.", "figure.", "optimized_metric")
+# Keys whose change does not make a different experiment: how and where the run goes on (a "." ends a prefix).
+RESUMABLE = ("threads", "device", "device.", *LIMITS, "trainer.enable_progress_bar", "trainer.log_every_n_steps",
+             "trainer.enable_model_summary", "checkpoint.", "figure.", "optimized_metric")
 # Command-line flags with which Hydra only shows something: no run, so no lock.
 SHOW_ONLY = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc")
 # Keys whose value is where files go: a stored one could point this app's writes (and deletions) anywhere.
@@ -45,13 +36,7 @@ PATH_KEYS = ("run_dir", "dirpath", "save_dir", "filename", "tracking_uri", "dir"
 CODE_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
 
 
-def latest_run(root: Path = RUNS) -> Path | None:
-    """The most recently written run directory under `root` that holds `checkpoints/last.ckpt`."""
-    runs = [p.parent.parent for p in root.glob("*/checkpoints/last.ckpt")] if root.is_dir() else []
-    return max(runs, key=lambda p: (p / LAST).stat().st_mtime, default=None)
-
-
-def _parse(override: str, where: str) -> Any:
+def _parse(override: str, where: str = "resume") -> Any:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
@@ -60,28 +45,27 @@ def _parse(override: str, where: str) -> Any:
         raise ConfigError(where, override, "is not a valid override") from None
 
 
-def resumed_argv(argv: list[str]) -> list[str]:
-    """`argv` with `resume=<dir>` replaced by that run's command line (see the module docstring); unchanged
-    without `resume=`. Locks the run dir unless the command only shows something (`--cfg`, `--help`)."""
-    from omegaconf import OmegaConf
+def _key(override: str) -> str:
+    return _parse(override).key_or_group
 
+
+def resumed_argv(argv: list[str]) -> list[str]:
+    """`argv` with `resume=<dir>` replaced by that run's command line; unchanged without `resume=`. Locks the run
+    dir unless the command only shows something (`--cfg`, `--help`)."""
     from echo_lstm.machinery import rundir
 
     given = [a for a in argv if a.split("=", 1)[0].lstrip("+~") == "resume"]
-    if not given:
-        return argv
-    value = _parse(given[-1], "resume").value()
+    value = _parse(given[-1]).value() if given else None
     if value in (None, "null", ""):
         return argv
     if any(a in ("-m", "--multirun") for a in argv):
         raise ConfigError("resume", value, "resumes one run; it cannot be combined with a multirun (-m)")
-    if value == "latest":
-        found = latest_run()
-        if found is None:
+    run = Path(str(value)).expanduser()
+    if value == "latest":  # the run whose last.ckpt was written last
+        runs = [p.parent.parent for p in RUNS.glob("*/checkpoints/last.ckpt")] if RUNS.is_dir() else []
+        run = max(runs, key=lambda p: (p / LAST).stat().st_mtime, default=None)
+        if run is None:
             raise ConfigError("resume", value, f"no run under {RUNS} has a checkpoint to resume")
-        run = found
-    else:
-        run = Path(str(value)).expanduser()
     if not run.is_dir():
         raise ConfigError("resume", str(value), "no such run directory")
     placed = [a for a in argv if a.startswith(("hydra.run.dir=", "hydra.output_subdir="))]
@@ -111,12 +95,11 @@ def resumed_argv(argv: list[str]) -> list[str]:
     new = [a for a in argv if not a.startswith("-") and a not in given]
     flags = [a for a in argv if a.startswith("-")]
     check_resumable(new, stored_cfg, choices)
-    if (run / RESULT).is_file() and not any(_parse(o, "resume").key_or_group in LIMITS for o in new):
+    if (run / RESULT).is_file() and not any(_key(o) in LIMITS for o in new):
         raise Finished(f"{run} is a finished run (its {RESULT}): nothing to resume, it is kept as it is; to train "
                        f"it further raise trainer.max_steps or trainer.max_epochs with resume=, or start a new run "
                        f"from it: ckpt_path={run / LAST}")
-    merged = {_parse(o, "resume").key_or_group: o for o in stored}
-    merged.update({_parse(o, "resume").key_or_group: o for o in new})
+    merged = {_key(o): o for o in [*stored, *new]}
     now = time.strftime("%Y-%m-%d_%H-%M-%S")
     if not any(a in SHOW_ONLY for a in flags):
         rundir.current = rundir.claim_existing(run, "resume", appends=("train.log",))
@@ -126,10 +109,12 @@ def resumed_argv(argv: list[str]) -> list[str]:
 
 
 def check_stored_overrides(stored: list[str], run: str) -> None:
-    """Accept from a run dir only overrides of this app's schema with plain values (see the module doc)."""
+    """Accept from a run dir only overrides of this app's schema (or its groups' options) with plain values: no
+    sweeps, no added keys, no code, Hydra or path keys, no interpolations."""
+    from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.types import OverrideType
 
-    from echo_lstm.machinery.config import config_groups
+    from echo_lstm.machinery.config import CONF_DIR, config_groups, register_configs
 
     def refuse(text: str, why: str) -> ConfigError:
         return ConfigError(f"resume={run}: stored override", text, f"{why}; a run dir's stored overrides may only "
@@ -139,7 +124,7 @@ def check_stored_overrides(stored: list[str], run: str) -> None:
     parsed = [(text, _parse(text, f"resume={run}: stored override")) for text in stored]
     settings = []
     for text, override in parsed:
-        key = override.key_or_group
+        key, value = override.key_or_group, override.value()
         if override.is_sweep_override():
             raise refuse(text, "is a sweep")
         if override.type in (OverrideType.ADD, OverrideType.FORCE_ADD) or text.startswith("+"):
@@ -149,64 +134,42 @@ def check_stored_overrides(stored: list[str], run: str) -> None:
         if key.rsplit(".", 1)[-1] in PATH_KEYS:
             raise refuse(text, "names a path (where this app writes)")
         if key in groups:
-            if override.value() not in groups[key] and override.type != OverrideType.DEL:
+            if value not in groups[key] and override.type != OverrideType.DEL:
                 raise refuse(text, f"is not an option of the {key} group ({', '.join(groups[key])})")
-            continue
-        value = override.value()
-        if not (value is None or isinstance(value, (bool, int, float, str))):
+        elif not (value is None or isinstance(value, (bool, int, float, str))):
             raise refuse(text, "is not a plain value")
-        if isinstance(value, str) and "${" in value:
+        elif isinstance(value, str) and "${" in value:
             raise refuse(text, "is an interpolation")
-        settings.append((text, key))
+        else:
+            settings.append((text, key))
     if settings:  # every key must exist in the config that the (checked) group choices compose
-        schema = composed([text for text, o in parsed if o.key_or_group in groups])
+        register_configs()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            schema = compose("train", overrides=[text for text, o in parsed if o.key_or_group in groups])
         for text, key in settings:
-            if not has_key(schema, key):
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(schema, parent) if parent else schema
+            if node is None or not hasattr(node, "keys") or leaf not in node:
                 raise refuse(text, "is not a key of this app's config")
-
-
-def composed(group_overrides: list[str]) -> Any:
-    """The app's config composed with these group choices: the keys a run of them has."""
-    from hydra import compose, initialize_config_dir
-
-    from echo_lstm.machinery.config import CONF_DIR, register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=group_overrides)
-
-
-def has_key(cfg: Any, key: str) -> bool:
-    from omegaconf import OmegaConf
-
-    parent, _, leaf = key.rpartition(".")
-    node = OmegaConf.select(cfg, parent) if parent else cfg
-    return node is not None and hasattr(node, "keys") and leaf in node
 
 
 def check_resumable(new: list[str], stored_cfg: Any, choices: dict[str, Any]) -> None:
     """Refuse a new override that would change the experiment: not RESUMABLE and not the run's own value."""
-    from omegaconf import OmegaConf
-
     for text in new:
-        override = _parse(text, "resume")
+        override = _parse(text)
         key = override.key_or_group
-        if key in RESUMABLE or key.startswith(tuple(k for k in RESUMABLE if k.endswith("."))):
-            continue
-        if key.startswith("hydra.") or key == "hydra":
+        if key in RESUMABLE or key.startswith(tuple(k for k in RESUMABLE if k.endswith("."))) \
+                or key.split(".")[0] == "hydra":
             continue
         was = choices.get(key) if key in choices else OmegaConf.select(stored_cfg, key, default="<unset>")
-        if override.value() == was:
-            continue
-        raise ConfigError(key, override.value(), f"cannot change when resuming (the run used {was!r}): that would "
-                          "be a different experiment; start a new run instead (or ckpt_path=<its last.ckpt>)")
+        if override.value() != was:
+            raise ConfigError(key, override.value(), f"cannot change when resuming (the run used {was!r}): that "
+                              "would be a different experiment; start a new run instead (or ckpt_path=<its last.ckpt>)")
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
 REQUIRED = ("state_dict", "optimizer_states", "loops", "callbacks", "global_step", "epoch", "echo_train_state",
             "echo_rng_states")
-
-
 PATH_STATE = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 
@@ -228,9 +191,7 @@ def drop_foreign_paths(ckpt: dict[str, Any], checkpoints: Path) -> None:
         fine = isinstance(models, dict) and all(own(p) for p in models) and all(p == "" or own(p) for p in paths) \
             and state.get("kth_best_model_path", "") in ("", *models)
         if not fine:
-            state["best_k_models"] = {}
-            state.update({k: "" for k in PATH_STATE})
-            state["best_model_score"] = None
+            state.update({"best_k_models": {}, "best_model_score": None}, **dict.fromkeys(PATH_STATE, ""))
 
 
 def read_checkpoint(path: Path, key: str) -> dict[str, Any]:
@@ -262,39 +223,39 @@ def read_checkpoint(path: Path, key: str) -> dict[str, Any]:
 
 def check_checkpoint(ckpt: dict[str, Any], net: Any, net_config: dict[str, Any], streams: int, key: str,
                      path: Path, optimizer: Any = None) -> None:
-    """Refuse a checkpoint that does not fit `net` (the config's network, built from `net_config`; the model holds it
-    as `net`) or lacks what resuming needs. Needs torch only: a refusal comes before Lightning is imported."""
+    """Refuse a checkpoint that does not fit `net` (the config's network, built from `net_config`) or lacks what
+    resuming needs. Needs torch only: a refusal comes before Lightning is imported."""
     import torch
 
+    def refuse(why: str) -> ConfigError:
+        return ConfigError(key, str(path), why)
+
     saved = (ckpt.get("hyper_parameters") or {}).get("net") or {}
-    wanted = net_config
     for name in ("cell", "layers", "state_size"):
-        if name in saved and name in wanted and saved[name] != wanted[name]:
+        if name in saved and name in net_config and saved[name] != net_config[name]:
             shown = "layers" if name == "layers" else f"model.net.{name}"
-            raise ConfigError(key, str(path), f"was trained with {shown}={saved[name]!r}, the config asks for "
-                                              f"{wanted[name]!r}; use the same setting or start a new run")
+            raise refuse(f"was trained with {shown}={saved[name]!r}, the config asks for {net_config[name]!r}; use "
+                         "the same setting or start a new run")
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
-        raise ConfigError(key, str(path), f"lacks {', '.join(missing)}: an incomplete or edited checkpoint")
+        raise refuse(f"lacks {', '.join(missing)}: an incomplete or edited checkpoint")
     state_dict = ckpt["state_dict"]
     expected = {f"net.{name}": tensor for name, tensor in net.state_dict().items()}
-    if not isinstance(state_dict, dict) or set(state_dict) != set(expected):
-        names = set(state_dict) if isinstance(state_dict, dict) else set()
-        odd = sorted(names ^ set(expected))[:3]
-        raise ConfigError(key, str(path), f"does not fit this network (parameters differ: {', '.join(odd)})")
+    names = set(state_dict) if isinstance(state_dict, dict) else set()
+    if not isinstance(state_dict, dict) or names != set(expected):
+        raise refuse(f"does not fit this network (parameters differ: {', '.join(sorted(names ^ set(expected))[:3])})")
     for name, tensor in expected.items():
         got = state_dict[name]
         if not torch.is_tensor(got) or got.shape != tensor.shape:
-            raise ConfigError(key, str(path), f"does not fit this network ({name} has shape "
-                              f"{tuple(getattr(got, 'shape', ()))}, the config's network {tuple(tensor.shape)})")
+            raise refuse(f"does not fit this network ({name} has shape {tuple(getattr(got, 'shape', ()))}, the "
+                         f"config's network {tuple(tensor.shape)})")
     if optimizer is not None:
         check_optimizer_state(ckpt["optimizer_states"], optimizer, key, path)
     state = ckpt.get("echo_train_state")
-    if state is not None:
-        want = (net.layers, net.parts, streams, net.state_size) if hasattr(net, "parts") else None
-        if not torch.is_tensor(state) or (want is not None and tuple(state.shape) != want):
-            raise ConfigError(key, str(path), f"its carried state has shape {tuple(getattr(state, 'shape', ()))}, "
-                              f"this run carries {want} ([layers, parts, streams, state_size])")
+    want = (net.layers, net.parts, streams, net.state_size) if hasattr(net, "parts") else None
+    if state is not None and (not torch.is_tensor(state) or (want is not None and tuple(state.shape) != want)):
+        raise refuse(f"its carried state has shape {tuple(getattr(state, 'shape', ()))}, this run carries {want} "
+                     "([layers, parts, streams, state_size])")
 
 
 def check_optimizer_state(states: Any, optimizer: Any, key: str, path: Path) -> None:
@@ -338,18 +299,17 @@ class Start:
 
 
 def starting_point(cfg: DictConfig, run_dir: Path) -> Start:
-    """The checkpoint to start from, checked against the config.
+    """The checkpoint to start from, checked against the config: `resume=` continues the run from its `last.ckpt`;
+    a requeued SLURM job continues from the `last.ckpt` in its own run dir (only the job that marked the dir, and
+    only from a checkpoint it saved); `ckpt_path=<file>` starts a new run from that checkpoint."""
+    from hydra.utils import instantiate
 
-    `resume=<run dir>` continues that run from its `last.ckpt`; a requeued SLURM job continues from the
-    `last.ckpt` in its own run dir (only the job that marked the dir does: another job's is refused, as is a
-    requeued job whose checkpoint is missing); `ckpt_path=<file>` starts a new run from that checkpoint.
-    """
     from echo_lstm.machinery.rundir import SLURM_JOB
 
+    job = os.environ.get("SLURM_JOB_ID")
     if cfg.resume is not None:
         key, path, in_place = "resume", run_dir / LAST, True
     elif (run_dir / SLURM_JOB).is_file() or (run_dir / LAST).is_file():
-        job = os.environ.get("SLURM_JOB_ID")
         owner = (run_dir / SLURM_JOB).read_text().strip() if (run_dir / SLURM_JOB).is_file() else None
         if job is None or job != owner:
             raise ConfigError("hydra.run.dir", str(run_dir), f"holds the run of SLURM job {owner or '(unknown)'}, "
@@ -362,13 +322,11 @@ def starting_point(cfg: DictConfig, run_dir: Path) -> Start:
         key, path, in_place = "ckpt_path", Path(str(cfg.ckpt_path)), False
     else:
         return Start()
-    from hydra.utils import instantiate
-
     ckpt = read_checkpoint(path, key)
     if key == "hydra.run.dir" and ckpt.get("echo_slurm_job") != os.environ.get("SLURM_JOB_ID"):
         saver = f"SLURM job {ckpt['echo_slurm_job']}" if ckpt.get("echo_slurm_job") else "no SLURM job"
         raise ConfigError(key, str(run_dir), f"its {LAST} was saved by {saver}, not by this requeued SLURM job "
-                          f"{os.environ.get('SLURM_JOB_ID')}: a foreign checkpoint, not continued")
+                          f"{job}: a foreign checkpoint, not continued")
     net_config = OmegaConf.to_container(cfg.model.net, resolve=True)
     net = instantiate(net_config)
     try:  # a throwaway optimizer over a throwaway network, to check the checkpoint's state (a bad one: built() says)

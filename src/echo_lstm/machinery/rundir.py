@@ -1,23 +1,15 @@
 """Run dirs: claimed atomically, locked while a run uses them, and cleaned of exactly what a refused run made.
 
-- A new run's dir is made with `mkdir` (which fails if the dir exists), so two runs started in the same second
-  never share one: the default name (`outputs/runs/<date>_<time>`) then gets a suffix (`_1`, `_2`, ...). A dir
-  the user names (`hydra.run.dir=...`) must not exist yet or be empty: nothing of theirs is ever overwritten.
-- A run holds an exclusive lock (`flock`) on `<run dir>/.lock`, which holds its PID, until its process ends; a
-  second process that would use the dir (a resume) is refused while the first is alive. The kernel releases
-  the lock of a process that died, so a stale lock is taken over without a question.
-- When a run is refused after its dir was claimed, `release(remove=True)` removes what this process made: the
-  dir if it made it, else (an empty dir the user named, or a run being resumed) only the files it added, and
-  the run's log is cut back to its length before this process.
-- A run dir is data, never instructions: an existing one (a resume, a requeued job) is refused if it holds a
-  symlink that leads outside it, anything but plain files and dirs, or a top-level file with other hard links
-  (`check_contents`), so no write of this app lands outside it. Writes go through `write_file` (atomic, never
-  through a link) and deletions of checkpoints through `own_file` (a regular file inside the dir, reached without
-  a link).
+A new dir is made with `mkdir` (it fails if the dir exists), so two runs started in the same second never share
+one; a dir the user names must be new or empty. A run holds a `flock` on `<run dir>/.lock` until its process
+ends (the kernel frees a dead process's lock, so a stale one is taken over). A run dir is data, never
+instructions: an existing one is checked (`check_contents`), writes go through `write_file` (atomic, never
+through a link) and deletions of checkpoints through `own_file`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -49,8 +41,8 @@ class Claim:
         return last.is_file() and last.stat().st_mtime >= self.claimed_at
 
     def release(self, remove: bool = False) -> None:
-        """Unlock; with `remove`, take away everything this process added to the dir (see the module doc), unless
-        it has written a checkpoint (then the dir holds a run, however it ended)."""
+        """Unlock; with `remove` (a refused run), take away what this process added, unless it has trained: the
+        dir if it made it, else the files it added, and its logs cut back to their length before it."""
         if remove and self.path.is_dir() and not self.trained():
             if self.created:
                 shutil.rmtree(self.path, ignore_errors=True)
@@ -61,7 +53,13 @@ class Claim:
                     if child.name not in self.existed and child.name != LOCK:
                         shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
                 for name, size in self.log_sizes.items():
-                    _truncate(self.path / name, size)
+                    with contextlib.suppress(OSError):  # never through a link
+                        fd = os.open(self.path / name, os.O_WRONLY | os.O_NOFOLLOW)
+                        try:
+                            if os.fstat(fd).st_size > size:
+                                os.ftruncate(fd, size)
+                        finally:
+                            os.close(fd)
                 if LOCK not in self.existed:
                     (self.path / LOCK).unlink(missing_ok=True)
         if self.lock_fd is not None:
@@ -69,47 +67,26 @@ class Claim:
             self.lock_fd = None
 
 
-def _truncate(path: Path, size: int) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
-    except OSError:
-        return
-    try:
-        if os.fstat(fd).st_size > size:
-            os.ftruncate(fd, size)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_file(path: Path, data: str | bytes) -> None:
     """Write `path` atomically (a temporary file beside it, fsynced, renamed over it), never through a symlink: a
     link planted at `path` or at the temporary name is replaced, its target untouched. Raises OSError."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    data = data.encode() if isinstance(data, str) else data
-    fd = open_new(tmp)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    try:
+        fd = os.open(tmp, flags, 0o644)
+    except FileExistsError:  # a stale one of ours (a killed write): unlinking a name never touches a link's target
+        os.unlink(tmp)
+        fd = os.open(tmp, flags, 0o644)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def open_new(path: Path) -> int:
-    """A new file at `path` for writing (O_EXCL, O_NOFOLLOW); a stale one of ours (a killed write) is unlinked
-    first: unlinking a name never touches what a link points to."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-    try:
-        return os.open(path, flags, 0o644)
-    except FileExistsError:
-        os.unlink(path)
-        return os.open(path, flags, 0o644)
 
 
 def own_file(path: str | Path, root: Path) -> bool:
@@ -120,22 +97,14 @@ def own_file(path: str | Path, root: Path) -> bool:
         return False
     full = Path(os.path.abspath(text))
     for base in {Path(os.path.abspath(root)), Path(os.path.realpath(root))}:
-        try:
-            rel = full.relative_to(base)
-        except ValueError:
+        if not full.is_relative_to(base):
             continue
-        node, mode = base, 0
+        nodes = [base, *(base / part for part in full.relative_to(base).parts)]
         try:
-            if stat.S_ISLNK(os.lstat(base).st_mode):
-                return False
-            for part in rel.parts:
-                node = node / part
-                mode = os.lstat(node).st_mode
-                if stat.S_ISLNK(mode):
-                    return False
+            modes = [os.lstat(node).st_mode for node in nodes]
         except OSError:
             return False
-        return bool(rel.parts) and stat.S_ISREG(mode)
+        return len(nodes) > 1 and not any(stat.S_ISLNK(m) for m in modes) and stat.S_ISREG(modes[-1])
     return False
 
 
@@ -158,10 +127,9 @@ def check_contents(path: Path, key: str) -> None:
             if stat.S_ISLNK(st.st_mode):  # (one within the dir is harmless: W&B's wandb/latest-run)
                 if not os.path.realpath(full).startswith(inside):
                     raise refuse(rel, "a symlink to outside the run dir")
-                continue
-            if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            elif not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
                 raise refuse(rel, "which is not a regular file or directory")
-            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and top == os.fspath(path):
+            elif stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and top == os.fspath(path):
                 raise refuse(rel, f"a file with {st.st_nlink - 1} other hard link(s)")
 
 
@@ -172,29 +140,26 @@ def _os_error(key: str, path: Path, error: OSError) -> ConfigError:
 
 def claim_new(path: Path, key: str, unique: bool, hint: str = " (to continue the run in it: resume=<dir>)") -> Claim:
     """Make `path` for a new run and lock it. `unique`: the name is the app's default, so an existing one gets a
-    suffix; else an existing dir must be empty. Raises ConfigError with the reason when that cannot be done."""
+    suffix (`_1`, `_2`, ...); else an existing dir must be empty. Raises ConfigError when that cannot be done."""
     path = Path(os.path.abspath(path))  # absolute: the run goes on if its cwd is deleted under it
+    candidates = [path] + ([path.with_name(f"{path.name}_{i}") for i in range(1, 1000)] if unique else [])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
+        for candidate in candidates:
+            try:
+                candidate.mkdir()
+                return lock(Claim(candidate, created=True), key)
+            except FileExistsError:
+                if unique:
+                    continue
+                if not candidate.is_dir():
+                    raise ConfigError(key, str(path), "exists and is not a directory") from None
+                if any(candidate.iterdir()):
+                    raise ConfigError(key, str(path), f"exists and is not empty: a new run needs a new or empty "
+                                      f"directory{hint}") from None
+                return lock(Claim(candidate, created=False), key)
+    except OSError as error:  # a symlink loop, a name too long, a read-only or virtual file system ...
         raise _os_error(key, path, error) from None
-    candidates = [path] + ([path.with_name(f"{path.name}_{i}") for i in range(1, 1000)] if unique else [])
-    for candidate in candidates:
-        try:
-            candidate.mkdir()
-            return lock(Claim(candidate, created=True), key)
-        except FileExistsError:
-            if unique:
-                continue
-            if not candidate.is_dir():
-                raise ConfigError(key, str(path), "exists and is not a directory") from None
-            existing = {p.name for p in candidate.iterdir()}
-            if existing:
-                raise ConfigError(key, str(path), f"exists and is not empty: a new run needs a new or empty "
-                                  f"directory{hint}") from None
-            return lock(Claim(candidate, created=False), key)
-        except OSError as error:  # a symlink loop, a name too long, a read-only or virtual file system ...
-            raise _os_error(key, path, error) from None
     raise ConfigError(key, str(path), "no free name with a numbered suffix")
 
 
@@ -211,9 +176,8 @@ def lock(claim: Claim, key: str) -> Claim:
     """Take `<dir>/.lock` (flock) and write our PID into it; refuse when a live process holds it."""
     import fcntl
 
-    path = claim.path / LOCK
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = os.open(claim.path / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as error:
         claim.release(remove=True)
         raise _os_error(key, claim.path, error) from None
@@ -233,8 +197,8 @@ def lock(claim: Claim, key: str) -> Claim:
 
 
 def requeued_slurm_job(run_dir: Path) -> bool:
-    """A requeued SLURM job re-runs in its dir, which it marked with its job id (training.starting_point then
-    continues from its last.ckpt, if that checkpoint is the job's own)."""
+    """A requeued SLURM job re-runs in the dir it marked with its job id (resume.starting_point then continues from
+    its last.ckpt, if that checkpoint is the job's own)."""
     job = os.environ.get("SLURM_JOB_ID")
     marker = run_dir / SLURM_JOB
     return bool(job) and marker.is_file() and marker.read_text().strip() == job
@@ -252,23 +216,21 @@ def safe_subdir(value: object, key: str) -> str:
 
 def claimed_job_dir(subdir: object, *, _root_: object) -> str:
     """Resolver wrapped around `hydra.sweep.subdir` (preflight): Hydra resolves it for each job right before it
-    makes the job's dir and writes into it, so the job dir is claimed and locked here exactly like a run dir: a
-    new or empty dir (two jobs with one subdir: the second is refused), inside the sweep dir, held while the job
-    runs (train.py releases it)."""
+    writes into the job's dir, so the dir is claimed and locked here like a run dir (new or empty, inside the sweep
+    dir), held while the job runs (train.py releases it)."""
     from omegaconf import OmegaConf
 
     from echo_lstm.machinery.distributed import is_secondary_rank
 
     name = safe_subdir(subdir, "hydra.sweep.subdir")
     path = Path(os.path.abspath(os.path.join(str(OmegaConf.select(_root_, "hydra.sweep.dir")), name)))
-    if is_secondary_rank():  # a DDP rank > 0 of the job (srun's task under submitit): rank 0 claims the dir
+    if is_secondary_rank() or str(path) in jobs:  # rank 0 claims the job's dir, once (it is resolved more than once)
         return name
-    if str(path) not in jobs:  # (resolved more than once per job: claimed once)
-        if requeued_slurm_job(path):  # a job SLURM requeued continues in its own dir (its last.ckpt)
-            jobs[str(path)] = claim_existing(path, "hydra.sweep.subdir", appends=("train.log",))
-        else:
-            jobs[str(path)] = claim_new(path, "hydra.sweep.subdir", unique=False, hint=": each job needs its own "
-                                        "dir (hydra.sweep.subdir must differ per job, e.g. hold ${hydra.job.num})")
+    if requeued_slurm_job(path):  # a job SLURM requeued continues in its own dir (its last.ckpt)
+        jobs[str(path)] = claim_existing(path, "hydra.sweep.subdir", appends=("train.log",))
+    else:
+        jobs[str(path)] = claim_new(path, "hydra.sweep.subdir", unique=False, hint=": each job needs its own dir "
+                                    "(hydra.sweep.subdir must differ per job, e.g. hold ${hydra.job.num})")
     return name
 
 
