@@ -55,7 +55,7 @@ MUTANTS = {
         "    return\n    groups = config_groups()\n    parsed =",
         ["tests/test_safety.py::test_resume_refuses_stored_overrides_that_are_not_plain_settings"]),
     "no-figure-at-the-final-step": ("src/echo_lstm/callbacks/echo_figure.py",
-        "        if self._pool is not None and self._last_chunk is not None and step > self._last_step:",
+        "        if self._pool is not None and self._chunk is not None and step > self._last_step:",
         "        if False:",
         ["tests/test_research.py::test_figure_at_a_steady_cadence_and_at_the_final_step"]),
     # issue 19: TensorBoard that tells the story (tests/test_tensorboard.py)

@@ -13,9 +13,7 @@ class TrainProgressBar(TQDMProgressBar):
     """Lightning's tqdm bar, showing the training batch's loss (from training_step's outputs: the model does
     not `self.log` per batch) and without the validation bar, which would print a line per validation."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._loss: Any = None
+    _loss: Any = None  # the latest batch's loss, on the device
 
     def init_validation_tqdm(self) -> Tqdm:
         return Tqdm(disable=True)

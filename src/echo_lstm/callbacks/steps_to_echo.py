@@ -17,24 +17,16 @@ class StepsToEcho(Callback):
     """`train/steps_to_echo`: the first global step (chunk count) at which the training boundary accuracy,
     averaged over the last `window` chunks, reaches `target_acc`.
 
-    The boundary accuracy is the hard part of the echo (its targets lie in the previous chunk), so this is
-    the step at which the carried state has learned it. It is read from `train/boundary_acc`, which the
-    model returns (and logs) once per training batch as the mean over the batch's chunks; the window is
-    therefore made of whole batches, each weighted by its chunks (rounded up to whole batches), and counts
-    once it is full.
+    The boundary accuracy is the hard part of the echo (its targets lie in the previous chunk). The model returns
+    it once per training batch, as the mean over its chunks: the window is made of whole batches, each weighted
+    by its chunks, and counts once it is full. Early stopping races this test (validation usually confirms the
+    echo before the accuracy of predictions made *while* learning does): if training stops because early
+    stopping's monitor reached its `stopping_threshold` first, that step is taken (`via` says which). Without
+    either, the value is `inf` in `trainer.callback_metrics` (the worst, for a sweeper) and nothing is logged.
 
-    Early stopping races this test: validation (the model after a batch) usually confirms the echo before
-    the training accuracy (predictions made *while* learning, during the batch) does, and then training
-    ends. If the run is stopped because early stopping's monitor reached its `stopping_threshold`, and the
-    window has not confirmed the echo yet, the step at which training stopped is taken (`via` says which).
-    If the run ends without either, the value is `inf` in `trainer.callback_metrics` (a sweeper minimising
-    it sees the worst value) and nothing is written to TensorBoard.
-
-    The value is written once, straight to the loggers, at the step it names (the x axis of the curves). For
-    TensorBoard (where one point draws no line) also at step 0, so that its chart is a horizontal line from 0 to
-    the step it names, and as a card of the Text tab that says how it was reached.
-    Progress is saved in checkpoints (`state_dict`): a resumed run neither forgets a step already reached
-    nor restarts its window.
+    The value is logged once, at the step it names; for TensorBoard (where one point draws no line) also at step
+    0, and as a Text card that says how it was reached. Checkpoints keep the progress: a resumed run neither
+    forgets a step already reached nor restarts its window.
     """
 
     def __init__(self, target_acc: float = 0.999, window: int = 32, monitor: str = "train/boundary_acc",
@@ -57,25 +49,21 @@ class StepsToEcho(Callback):
     def window_acc(self) -> float | None:
         """Mean accuracy over the window, or None while it is not full yet."""
         total = sum(c for c, _ in self._recent)
-        if total < self.window:
-            return None
-        return sum(c * a for c, a in self._recent) / total
+        return sum(c * a for c, a in self._recent) / total if total >= self.window else None
 
     def update(self, step: int, acc: float) -> bool:
         """Record a batch that ended at global step `step`; True when the target is first reached."""
-        chunks = step - self._seen_step
-        self._seen_step = step
+        chunks, self._seen_step = step - self._seen_step, step
         if chunks <= 0 or self.reached_at is not None or math.isnan(acc):
             return False
         self._recent.append((chunks, acc))
-        total = sum(c for c, _ in self._recent)
-        while total - self._recent[0][0] >= self.window:  # keep just enough batches to cover the window
-            total -= self._recent.popleft()[0]
+        while sum(c for c, _ in self._recent) - self._recent[0][0] >= self.window:  # just enough batches
+            self._recent.popleft()
         mean = self.window_acc()
-        if mean is not None and mean >= self.target_acc:
-            self.reached_at, self.via = step, "train window"
-            return True
-        return False
+        if mean is None or mean < self.target_acc:
+            return False
+        self.reached_at, self.via = step, "train window"
+        return True
 
     def _write(self, trainer: pl.Trainer) -> None:
         from pytorch_lightning.loggers import TensorBoardLogger
@@ -106,25 +94,25 @@ class StepsToEcho(Callback):
             value = trainer.callback_metrics.get(self.monitor)
         if value is None:
             self._seen_step = trainer.global_step
-            return
-        if self.update(trainer.global_step, float(value)):
+        elif self.update(trainer.global_step, float(value)):
+            self._write(trainer)
+
+    def _stopped_early(self, trainer: pl.Trainer) -> None:
+        if self.reached_at is None and stopped_on_threshold(trainer):
+            self.reached_at, self.via = trainer.global_step, "early stopping"
             self._write(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Right after EarlyStopping decided (it comes earlier in the callback list), and before the
-        # checkpoint of this validation is written (Lightning runs checkpoint callbacks last): so the
-        # checkpoint holds the step.
-        if self.reached_at is None and not trainer.sanity_checking and stopped_on_threshold(trainer):
-            self.reached_at, self.via = trainer.global_step, "early stopping"
-            self._write(trainer)
+        # Right after EarlyStopping decided (it comes earlier in the callback list), and before the checkpoint of
+        # this validation is written (Lightning runs checkpoint callbacks last): so the checkpoint holds the step.
+        if not trainer.sanity_checking:
+            self._stopped_early(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.reached_at is None and stopped_on_threshold(trainer):  # EarlyStopping came after us
-            self.reached_at, self.via = trainer.global_step, "early stopping"
-            self._write(trainer)
+        self._stopped_early(trainer)  # in case EarlyStopping came after us
         # The value at the end of fit, whichever epoch (or session, before a resume) reached it.
-        value = float(self.reached_at) if self.reached_at is not None else math.inf
-        trainer.callback_metrics[self.name] = torch.tensor(value)
+        trainer.callback_metrics[self.name] = torch.tensor(math.inf if self.reached_at is None else self.reached_at,
+                                                           dtype=torch.float32)
 
     def state_dict(self) -> dict[str, Any]:
         return {"reached_at": self.reached_at, "via": self.via, "recent": list(self._recent),

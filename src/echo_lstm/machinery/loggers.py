@@ -1,13 +1,4 @@
-"""The run's loggers (`conf/logger/`), the experiment's hyperparameters, and what only TensorBoard can show.
-
-`logger=` selects one or several loggers (`logger=many_loggers`: TensorBoard and CSV); each is a `_target_` node.
-Every logger gets the experiment's hyperparameters (`log_hyperparams`: for TensorBoard and CSV they also fill the
-run dir's `hparams.yaml`). TensorBoard's HParams tab gets them with the run's metrics, written directly so that no
-placeholder values enter the real curves. The tab shows 5 hyperparameters at first: those marked `differs`, then
-the others by name (`data.*` first). The keys the command line set (Hydra's task overrides: `layers=3`, or every
-`optimizer.*` for `optimizer=sgd`) are marked, so a sweep's table leads with what its runs vary. The echo figure
-goes to TensorBoard's Images tab, or to PNG files.
-"""
+"""The run's loggers (`conf/logger/`: one `_target_` node each) and the experiment's hyperparameters."""
 
 from __future__ import annotations
 
@@ -80,21 +71,20 @@ def overridden(params: dict[str, Any], overrides: list[str]) -> list[str]:
     return [k for k in params if any(k == key or k.startswith(key + ".") for key in keys)]
 
 
-def task_overrides() -> list[str]:
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
 def log_hparams(loggers: list[Any], cfg: DictConfig, metrics: tuple[str, ...]) -> None:
-    """Every logger gets the experiment's hyperparameters; TensorBoard's HParams tab also its metrics, with the
-    overridden hyperparameters first and marked `differs` (what the tab shows first)."""
+    """Every logger gets the experiment's hyperparameters (TensorBoard and CSV also in the run dir's hparams.yaml).
+
+    TensorBoard's HParams tab also gets the metrics, written directly so that no placeholder values enter the real
+    curves. The tab shows 5 hyperparameters at first: those marked `differs`, then the others by name (`data.*`
+    first); the keys the command line set (Hydra's task overrides) are put first and marked, so a sweep's table
+    leads with what its runs vary."""
+    from hydra.core.hydra_config import HydraConfig
     from pytorch_lightning.loggers import TensorBoardLogger
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
     from torch.utils.tensorboard.summary import hparams
 
     params = experiment_hparams(cfg)
-    first = overridden(params, task_overrides())
+    first = overridden(params, list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [])
     experiment, start, end = hparams({**{k: params[k] for k in first}, **params}, {m: float("nan") for m in metrics})
     data = HParamsPluginData.FromString(experiment.value[0].metadata.plugin_data.content)
     for info in data.experiment.hparam_infos:
