@@ -1,27 +1,16 @@
-"""How a run that cannot go on ends: one line on stderr and an exit code. A leaf module (stdlib only).
-
-| exit | class           | when                                                        | line starts with |
-|------|-----------------|-------------------------------------------------------------|------------------|
-| 2    | ConfigError     | a bad setting, checkpoint, run dir or device: nothing ran   | `error: `        |
-| 3    | Diverged        | the loss or the weights became NaN/inf; nothing bad saved   | `error: `        |
-| 4    | WriteFailed     | a file could not be written (full disk, permissions)        | `error: `        |
-| 5    | ProcessDied     | a DDP process of the run died                               | `error: `        |
-| 130  | Stopped         | Ctrl-C (SIGINT) / 143 SIGTERM: a requested stop, not an error| `stopped `       |
-| 0    | Finished        | resume= of a finished run: nothing to do, nothing changed   | `echo-lstm: `    |
-
-Anything else is a bug and keeps its traceback.
+"""How a run that cannot go on ends: one line on stderr and an exit code (the table in README.md's "Nothing lost").
+Anything else is a bug and keeps its traceback. A leaf module (stdlib only).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import re
 import shlex
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 
@@ -43,7 +32,7 @@ class EchoError(Exception):
         return self.message
 
     def __reduce__(self) -> tuple:
-        return (type(self), tuple(getattr(self, field.name) for field in dataclasses.fields(self)))
+        return (type(self), tuple(getattr(self, f.name) for f in fields(self)))
 
     def line(self) -> str:
         return f"{self.prefix}{self}"
@@ -125,13 +114,12 @@ class Finished(EchoError):
     prefix = "echo-lstm: "
 
 
+@dataclass(eq=False)
 class Escaped(BaseException):
     """An exception raised in a Hydra callback, carried past Hydra, which turns any Exception there into a warning and
     goes on (without the checks and the claim). A BaseException, as SystemExit: cli.run unwraps and reports it."""
 
-    def __init__(self, error: BaseException):
-        self.error = error
-        super().__init__(error)
+    error: BaseException
 
 
 # After these, a run that has written no checkpoint leaves nothing (rundir.Claim.release); a diverged run keeps its
