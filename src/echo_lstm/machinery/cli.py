@@ -1,8 +1,7 @@
 """What `train.py` and `eval.py` share: one line and an exit code for every mistake, Hydra's included.
 
-Hydra reports its own errors in several lines plus a hint, with exit code 1. Here Hydra is asked to raise them
-(`HYDRA_FULL_ERROR=1`, its documented switch) and each becomes the app's one `error:` line with exit code 2, naming
-the setting, the value and what is allowed. Set `HYDRA_FULL_ERROR=1` yourself to see Hydra's own report.
+Hydra reports its own errors in several lines plus a hint, with exit code 1. Here it is asked to raise them
+(`HYDRA_FULL_ERROR=1`, its documented switch), and each becomes one `error:` line, exit code 2 (`translate`).
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from echo_lstm.machinery.config import CONF_DIR, OWNED, config_groups
 from echo_lstm.machinery.distributed import drop_stray_rank_variables, is_launched_rank, is_secondary_rank
 from echo_lstm.machinery.errors import LEAVES_NOTHING, ConfigError, EchoError, Escaped, Raw, disk_error, report
 from echo_lstm.machinery.signatures import names
+from echo_lstm.machinery.sweeps import stop as sweep_stop
 
 # lightning-hydra-template's `trainer=` options, and the device option to type here instead.
 TEMPLATE_TRAINERS = {"cpu": "device=cpu", "gpu": "device=gpu", "mps": "device=auto", "ddp_sim": "device=ddp_cpu",
@@ -100,9 +100,9 @@ def translate(error: BaseException, argv: list[str]) -> ConfigError | None:
         text = str(cause).splitlines()[0]
         if "is not Optional" in text:  # (its value reads None: say what was typed, null)
             return ConfigError(full_key, Raw("null"), f"cannot be null{NOT_NULL.get(full_key, '')}")
-        wanted = re.search(r"could not be converted to (\w+)|is not a valid (bool)", text)
-        kind = wanted and (wanted[1] or wanted[2])
-        return ConfigError(full_key, Raw(str(cause.value)), f"must be {KINDS.get(kind, kind)}" if wanted else text)
+        wanted = re.search(r"could not be converted to (\w+)", text) or re.search(r"is not a valid (bool)", text)
+        allowed = f"must be {KINDS.get(wanted[1], wanted[1])}" if wanted else text
+        return ConfigError(full_key, Raw(str(cause.value)), allowed)
     unknown = re.search(r"^In '([^']+)': ConfigKeyError .*\nKey '([^']+)' not in '(\w+)'\n\s*full_key: (\S+)",
                         str(error))
     if isinstance(error, ConfigCompositionException) and unknown:  # a key added to a YAML file of a typed node
@@ -155,8 +155,6 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
         if is_launched_rank():  # a DDP rank started by rank 0, which speaks for the run
             os._exit(128 + signum)
         if rundir.sweep is not None:  # a sweep: its jobs stop, then it ends (its summary)
-            from echo_lstm.machinery.sweeps import stop as sweep_stop
-
             return sweep_stop.on_signal(rundir.sweep.path, signum)
         kept = rundir.current is not None and rundir.current.trained()
         on_failure()  # removes what this process made, unless it has written a checkpoint
@@ -216,9 +214,7 @@ def fail(error: BaseException, argv: list[str], on_failure: Callable[[], None], 
          before_the_run: bool = False) -> None:
     """Report `error` in one line and exit, after `on_failure` (what this process claimed); re-raise a bug with its
     traceback, unless it came before the run started (then nothing ran: still one line, exit code 2)."""
-    from echo_lstm.machinery.sweeps.stop import requested
-
-    stopped = requested(rundir.sweep.path if rundir.sweep else None)
+    stopped = sweep_stop.requested(rundir.sweep.path if rundir.sweep else None)
     if stopped is not None and not isinstance(error, EchoError):  # e.g. a worker killed by the terminal's Ctrl-C
         from echo_lstm.machinery.sweeps.summary import SweepSummary
 
