@@ -1,9 +1,7 @@
 """What `train.py` and `eval.py` share: one line and an exit code for every mistake, Hydra's included.
 
-Hydra reports its own errors (an unknown key, a missing config option, a wrong type, a bad override) in several
-lines plus a hint, with exit code 1. Here Hydra is asked to raise them instead (`HYDRA_FULL_ERROR=1`, its
-documented switch) and each becomes the app's one `error:` line with exit code 2, naming the setting, the value
-and what is allowed. Set `HYDRA_FULL_ERROR=1` yourself to see Hydra's own report with its traceback.
+Hydra reports its own errors in several lines plus a hint, with exit code 1. Here it is asked to raise them
+(`HYDRA_FULL_ERROR=1`, its documented switch), and each becomes one `error:` line, exit code 2 (`translate`).
 """
 
 from __future__ import annotations
@@ -14,36 +12,29 @@ import importlib.util
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import yaml
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from echo_lstm.machinery.errors import (
-    LEAVES_NOTHING,
-    USAGE,
-    ConfigError,
-    EchoError,
-    Escaped,
-    Raw,
-    disk_error,
-    quiet_thread_disk_errors,
-    report,
-)
-
-# Optional Hydra plugins: (override prefixes that select it, its module, how to install it).
-OPTIONAL_PLUGINS = [
-    (("hparams_search=optuna", "hydra/sweeper=optuna"), "hydra_plugins.hydra_optuna_sweeper",
-     'pip install -e ".[optuna]"  (the Optuna sweeper, hydra-optuna-sweeper)'),
-]
-
+from echo_lstm.machinery import rundir
+from echo_lstm.machinery.config import CONF_DIR, OWNED, config_groups
+from echo_lstm.machinery.distributed import drop_stray_rank_variables, is_launched_rank, is_secondary_rank
+from echo_lstm.machinery.errors import LEAVES_NOTHING, ConfigError, EchoError, Escaped, Raw, disk_error, report
+from echo_lstm.machinery.signatures import names
+from echo_lstm.machinery.sweeps import stop as sweep_stop
 
 # lightning-hydra-template's `trainer=` options, and the device option to type here instead.
 TEMPLATE_TRAINERS = {"cpu": "device=cpu", "gpu": "device=gpu", "mps": "device=auto", "ddp_sim": "device=ddp_cpu",
                      "ddp": "device=multi_gpu on GPUs, device=ddp_cpu on CPU"}
-
-
+KINDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "bool": "true or false",
+         "String": "a string"}
 NOT_NULL = {"seed": ": a run's data and weights follow from its seed; give an integer in [0, 2**32 - 1] "
                     "(any, e.g. seed=$RANDOM; the run records it)"}
 
@@ -63,14 +54,14 @@ def check_start(argv: list[str]) -> None:
 
 
 def require_optional_plugins(argv: list[str]) -> None:
-    for prefixes, module, install in OPTIONAL_PLUGINS:
-        selected = [a for a in argv if a.lstrip("+~").startswith(prefixes)]
-        if selected and importlib.util.find_spec(module) is None:
-            raise ConfigError(selected[0].split("=", 1)[0], Raw(selected[0].split("=", 1)[1]),
-                              f"needs an optional plugin that is not installed: {install}")
+    selected = [a for a in argv if a.lstrip("+~").startswith(("hparams_search=optuna", "hydra/sweeper=optuna"))]
+    if selected and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+        key, _, value = selected[0].partition("=")
+        raise ConfigError(key, Raw(value), 'needs an optional plugin that is not installed: pip install -e '
+                                           '".[optuna]"  (the Optuna sweeper, hydra-optuna-sweeper)')
 
 
-def typed_value(argv: list[str], key: str) -> Any:
+def typed_value(argv: list[str], key: str) -> Raw:
     """The value typed for `key` on the command line (as typed), or '?'."""
     for arg in reversed(argv):
         name, _, value = arg.partition("=")
@@ -79,37 +70,10 @@ def typed_value(argv: list[str], key: str) -> Any:
     return Raw("?")
 
 
-def parses(override: str) -> bool:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        OverridesParser.create().parse_override(override)
-        return True
-    except Exception:
-        return False
-
-
-def siblings(parent: Any) -> list[str]:
-    """The keys of the node an unknown key was set in, and what its `_target_`'s constructor takes (for 'did you
-    mean')."""
-    from omegaconf import DictConfig, OmegaConf
-
-    from echo_lstm.machinery.signatures import names
-
-    if not isinstance(parent, DictConfig):
-        return []
-    target = OmegaConf.select(parent, "_target_", throw_on_resolution_failure=False)
-    return list(dict.fromkeys([str(k) for k in parent.keys()] + names(target)))
-
-
 def translate(error: BaseException, argv: list[str]) -> ConfigError | None:
     """A Hydra or OmegaConf composition error as the app's one-line ConfigError; None for anything else."""
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
-
-    from echo_lstm.machinery.config import OWNED
-
     cause = error.__cause__ if isinstance(error, ConfigCompositionException) else error
+    full_key = str(getattr(cause, "full_key", None) or "")
     if isinstance(error, MissingConfigException) and error.missing_cfg_file:
         group, _, option = str(error.missing_cfg_file).rpartition("/")
         if error.options:
@@ -118,30 +82,27 @@ def translate(error: BaseException, argv: list[str]) -> ConfigError | None:
             return ConfigError(group or option, Raw(option), f"must be one of {', '.join(error.options)}{hint}")
         return ConfigError("config", Raw(str(error.missing_cfg_file)), "no such config file")
     if isinstance(error, OverrideParseException):
-        reason = str(error).splitlines()[0]
-        bad = next((a for a in argv if not a.startswith("-") and not parses(a)), "?")
-        key, _, value = bad.partition("=")
-        return ConfigError(key, Raw(value), f"cannot be parsed ({reason}); quote values with spaces or special "
-                                            "characters: key='a value'")
-    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and getattr(cause, "full_key", None):
-        key = str(cause.full_key)
-        value = typed_value(argv, key)
-        leaf = key.rsplit(".", 1)[-1]
-        if key.startswith("trainer.") and leaf in OWNED:
-            return ConfigError(key, value, f"is set by {OWNED[leaf]}, not trainer.*")
-        close = difflib.get_close_matches(leaf, siblings(getattr(cause, "parent_node", None)), n=3)
+        key, _, value = error.override.partition("=")
+        return ConfigError(key, Raw(value), f"cannot be parsed ({str(error).splitlines()[0]}); quote values with "
+                                            "spaces or special characters: key='a value'")
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and full_key:
+        leaf = full_key.rsplit(".", 1)[-1]
+        if full_key.startswith("trainer.") and leaf in OWNED:
+            return ConfigError(full_key, typed_value(argv, full_key), f"is set by {OWNED[leaf]}, not trainer.*")
+        parent, siblings = getattr(cause, "parent_node", None), []
+        if isinstance(parent, DictConfig):  # 'did you mean': the node's keys, and what its _target_ takes
+            target = OmegaConf.select(parent, "_target_", throw_on_resolution_failure=False)
+            siblings = [*map(str, parent), *names(target)]
+        close = difflib.get_close_matches(leaf, dict.fromkeys(siblings), n=3)
         hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-        return ConfigError(key, value, f"no such setting{hint}; `--cfg job` lists them")
-    if isinstance(cause, ValidationError) and getattr(cause, "full_key", None):
+        return ConfigError(full_key, typed_value(argv, full_key), f"no such setting{hint}; `--cfg job` lists them")
+    if isinstance(cause, ValidationError) and full_key:
         text = str(cause).splitlines()[0]
-        wanted = re.search(r"could not be converted to (\w+)", text) or re.search(r"is not a valid (bool)", text)
-        kinds = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "bool": "true or false",
-                 "String": "a string"}
-        allowed = f"must be {kinds.get(wanted.group(1), wanted.group(1))}" if wanted else text
-        value = Raw(str(cause.value))
         if "is not Optional" in text:  # (its value reads None: say what was typed, null)
-            allowed, value = f"cannot be null{NOT_NULL.get(str(cause.full_key), '')}", Raw("null")
-        return ConfigError(str(cause.full_key), value, allowed)
+            return ConfigError(full_key, Raw("null"), f"cannot be null{NOT_NULL.get(full_key, '')}")
+        wanted = re.search(r"could not be converted to (\w+)", text) or re.search(r"is not a valid (bool)", text)
+        allowed = f"must be {KINDS.get(wanted[1], wanted[1])}" if wanted else text
+        return ConfigError(full_key, Raw(str(cause.value)), allowed)
     unknown = re.search(r"^In '([^']+)': ConfigKeyError .*\nKey '([^']+)' not in '(\w+)'\n\s*full_key: (\S+)",
                         str(error))
     if isinstance(error, ConfigCompositionException) and unknown:  # a key added to a YAML file of a typed node
@@ -151,14 +112,12 @@ def translate(error: BaseException, argv: list[str]) -> ConfigError | None:
     if isinstance(error, (ConfigCompositionException, OmegaConfBaseException)):
         text = str(error).strip().splitlines()[0]
         detail = str(cause).strip().splitlines()[0] if cause is not None and cause is not error else ""
-        key = getattr(cause, "full_key", None) or "config"
-        return ConfigError(str(key), typed_value(argv, str(key)), f"{text} {detail}".strip())
+        key = full_key or "config"
+        return ConfigError(key, typed_value(argv, key), f"{text} {detail}".strip())
     if isinstance(error, ValueError) and str(error).startswith("Config group override must be"):
-        from echo_lstm.machinery.config import config_groups
-
         for group, options in config_groups().items():  # `logger=5`: Hydra says which type, not which group
             value = typed_value(argv, group)
-            if value != "?" and str(value) not in options:
+            if value != "?" and value not in options:
                 return ConfigError(group, value, f"must be one of {', '.join(options)}")
     if isinstance(error, yaml.YAMLError):  # a config file of the user's (hydra.searchpath) that is not YAML
         mark = getattr(error, "problem_mark", None)
@@ -167,17 +126,13 @@ def translate(error: BaseException, argv: list[str]) -> ConfigError | None:
     return None
 
 
-def print_help(config_name: str, argv: list[str], about: str, groups: tuple[str, ...] | None = None) -> None:
+def print_help(config_name: str, argv: list[str], about: str, groups: tuple[str, ...] | None) -> None:
     """`--help`: the config groups (listed from conf/) and the composed config. Hydra's own help lists the groups
     by composing the config once per option (~1 s here); this takes a single composition."""
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
-    from echo_lstm.machinery.config import CONF_DIR, config_groups
-
-    overrides = [a for a in argv if not a.startswith("-")]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name, overrides=overrides)
+        cfg = compose(config_name, overrides=[a for a in argv if not a.startswith("-")])
     listed = "\n".join(f"  {group}: {', '.join(options)}" for group, options in config_groups().items()
                        if groups is None or group in groups)
     print(f"{about}\n\n== Config groups (group=option) ==\n{listed}\n\n"
@@ -187,30 +142,22 @@ def print_help(config_name: str, argv: list[str], about: str, groups: tuple[str,
 
 
 def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[str]], list[str]] | None = None,
-        on_failure: Callable[[], None] | None = None, config_name: str = "train", about: str = "",
+        on_failure: Callable[[], None] = lambda: None, config_name: str = "train", about: str = "",
         groups: tuple[str, ...] | None = None) -> None:
     """Run a Hydra app with the app's error promise (see the module docstring); exits on any handled failure.
 
     `prepare` may rewrite the command line before Hydra composes (resume); `on_failure` cleans up after a
     refusal or an interrupted start (what this process claimed)."""
-    import signal
-
-    from echo_lstm.machinery.distributed import drop_stray_rank_variables, is_launched_rank, is_secondary_rank
 
     def stop(signum: int, frame: Any) -> None:
         # A Ctrl-C before training takes the signal (machinery/graceful_stop.py): stop at once. Not through a
         # KeyboardInterrupt: raised inside an import, some libraries swallow it and go on half-imported.
-        from echo_lstm.machinery import rundir
-
         if is_launched_rank():  # a DDP rank started by rank 0, which speaks for the run
             os._exit(128 + signum)
         if rundir.sweep is not None:  # a sweep: its jobs stop, then it ends (its summary)
-            from echo_lstm.machinery.sweeps import stop as sweep_stop
-
             return sweep_stop.on_signal(rundir.sweep.path, signum)
         kept = rundir.current is not None and rundir.current.trained()
-        if on_failure:
-            on_failure()  # removes what this process made, unless it has written a checkpoint
+        on_failure()  # removes what this process made, unless it has written a checkpoint
         where = f"; the run is kept in {rundir.current.path}" if kept else "; nothing was kept"
         with contextlib.suppress(OSError):  # (SIGHUP: the terminal may be gone)
             print(f"stopped by {signal.Signals(signum).name}{where}", file=sys.stderr, flush=True)
@@ -234,8 +181,7 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
         check_start(argv)
         require_optional_plugins(argv)
         if "--help" in argv or "-h" in argv:
-            print_help(config_name, argv, about, groups)
-            return
+            return print_help(config_name, argv, about, groups)
         if prepare is not None:
             argv = prepare(argv)
         sys.argv = [sys.argv[0], *argv]
@@ -246,14 +192,16 @@ def run(hydra_main: Callable[[], Any], argv: list[str], prepare: Callable[[list[
         fail(error, argv, on_failure, quiet, hydra_detail)
 
 
-def stop_requested() -> int | None:
-    from echo_lstm.machinery import rundir
+def quiet_thread_disk_errors() -> None:
+    """A writer thread (TensorBoard's) that hits a full disk dies with a traceback on stderr; the main thread gets
+    the same error at its next write and reports it in one line. So print nothing for those threads."""
+    default = threading.excepthook
 
-    if rundir.sweep is None:
-        return None
-    from echo_lstm.machinery.sweeps.stop import requested
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if disk_error(args.exc_value) is None:
+            default(args)
 
-    return requested(rundir.sweep.path)
+    threading.excepthook = hook
 
 
 def reader_left() -> None:
@@ -262,44 +210,39 @@ def reader_left() -> None:
     sys.exit(141)  # 128 + SIGPIPE
 
 
-def fail(error: BaseException, argv: list[str], on_failure: Callable[[], None] | None, quiet: bool,
-         hydra_detail: bool, before_the_run: bool = False) -> None:
+def fail(error: BaseException, argv: list[str], on_failure: Callable[[], None], quiet: bool, hydra_detail: bool,
+         before_the_run: bool = False) -> None:
     """Report `error` in one line and exit, after `on_failure` (what this process claimed); re-raise a bug with its
     traceback, unless it came before the run started (then nothing ran: still one line, exit code 2)."""
-    from echo_lstm.machinery import rundir
-
-    stopped = stop_requested()
+    stopped = sweep_stop.requested(rundir.sweep.path if rundir.sweep else None)
     if stopped is not None and not isinstance(error, EchoError):  # e.g. a worker killed by the terminal's Ctrl-C
         from echo_lstm.machinery.sweeps.summary import SweepSummary
 
         path = rundir.sweep.path
-        if on_failure:
-            on_failure()  # removes the sweep dir if no job has trained
+        on_failure()  # removes the sweep dir if no job has trained
         SweepSummary.end_stopped(path, stopped)
     if isinstance(error, BrokenPipeError):
-        if on_failure:
-            on_failure()  # (keeps a run that wrote a checkpoint)
+        on_failure()  # (keeps a run that wrote a checkpoint)
         reader_left()
     cause = error
     while cause is not None and not isinstance(cause, EchoError):  # the app's own error inside OmegaConf's
         cause = cause.__cause__ or cause.__context__
-    error = cause or error
-    if isinstance(error, EchoError):
-        if on_failure and isinstance(error, LEAVES_NOTHING):
+    if isinstance(cause, EchoError):
+        if isinstance(cause, LEAVES_NOTHING):
             on_failure()  # (a run that has written a checkpoint keeps its dir: rundir.Claim.release)
-        sys.exit(report(error, quiet))
-    where = f"{rundir.current.path}/.hydra (Hydra's files)" if rundir.current else "an output file"
-    translated = None if hydra_detail else translate(error, argv) or disk_error(error, where)
-    if translated is None and before_the_run and not hydra_detail:
-        text = " ".join(str(error).split())[:200] or "no detail"
-        translated = ConfigError("config", Raw("..."), f"cannot be checked before the run ({type(error).__name__}: "
-                                                       f"{text})")
-    if translated is None:
-        if on_failure and before_the_run:
-            on_failure()
-        raise error
-    if on_failure:
+        sys.exit(report(cause, quiet))
+    translated = None
+    if not hydra_detail:
+        where = f"{rundir.current.path}/.hydra (Hydra's files)" if rundir.current else "an output file"
+        translated = translate(error, argv) or disk_error(error, where)
+        if translated is None and before_the_run:
+            text = " ".join(str(error).split())[:200] or "no detail"
+            translated = ConfigError("config", Raw("..."), f"cannot be checked before the run "
+                                                           f"({type(error).__name__}: {text})")
+    if translated is not None or before_the_run:
         on_failure()
+    if translated is None:
+        raise error
     sys.exit(report(translated, quiet))
 
 
@@ -327,6 +270,3 @@ def job_label() -> str:
 
     hc = HydraConfig.get()
     return f"job {hc.job.num} ({' '.join(job_values(list(hc.overrides.task))) or 'defaults'})"
-
-
-__all__ = ["USAGE", "Raw", "is_multirun", "job_label", "run", "translate"]

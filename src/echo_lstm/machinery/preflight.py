@@ -1,11 +1,5 @@
 """Checks and claims before Hydra writes anything (a Hydra callback), so a refused run leaves nothing behind.
 
-`on_run_start` runs after the config is composed and before Hydra makes the run dir: it checks every value, the
-loggers' packages, and claims the run dir (rundir.py: a new dir, atomically, and locked; Hydra then writes into
-it). `on_multirun_start` claims the sweep dir the same way and records the swept keys (job dir names). Each
-refusal is one `error:` line and exit code 2. (In a multirun each job checks its own values in train.py, so one
-bad sweep point fails only its job.)
-
 Hydra turns an exception raised in a callback into a warning and goes on, writing into a dir nobody checked or
 claimed: so every exception here leaves as `errors.Escaped`, which Hydra does not catch, and cli.run reports it.
 """
@@ -51,7 +45,7 @@ def check_output_subdir(config: DictConfig) -> None:
 
 
 class Preflight(Callback):
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:  # before Hydra makes the run dir
         if is_launched_rank():
             return  # a DDP rank started by rank 0, which has checked and claimed everything
         try:
@@ -63,9 +57,9 @@ class Preflight(Callback):
             if is_secondary_rank():
                 return  # rank 0 checks and claims
             validate(config)
-            check_available(config)
+            check_available(config)  # the loggers' packages
             if rundir.current is None:  # (a resume claimed its dir before Hydra composed)
-                path = Path(config.hydra.run.dir)
+                path = Path(config.hydra.run.dir)  # claimed: a new dir, atomically, and locked (rundir.py)
                 requeued = rundir.requeued_slurm_job(path)
                 claim_run_dir(config, rundir.claim_existing(path, "hydra.run.dir", appends=("train.log",))
                               if requeued else None)
@@ -73,23 +67,21 @@ class Preflight(Callback):
             raise Escaped(error) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # The sweep dir claimed as a run's; the values are checked by each job (one bad point fails only its job).
         try:
-            self.claim_sweep(config)
+            check_output_subdir(config)
+            claim = rundir.claim_new(Path(config.hydra.sweep.dir), "hydra.sweep.dir",
+                                     unique=not user_set(config, "hydra.sweep.dir"))
+            # Every job's config is composed again from the Hydra overrides: the claimed dir must be one of them,
+            # and each job's dir is claimed as Hydra resolves its name (rundir.claimed_job_dir).
+            subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False)["subdir"]
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.sweep.dir = str(claim.path)
+                config.hydra.overrides.hydra.append(f"hydra.sweep.dir={hydra_quote(str(claim.path))}")
+                config.hydra.overrides.hydra.append(
+                    f"hydra.sweep.subdir={hydra_quote('${claimed_job_dir:' + str(subdir) + '}')}")
+            rundir.sweep = claim  # held (locked) while the sweep runs; a failing job removes only its own dir
+            sweeper_params = OmegaConf.select(config, "hydra.sweeper.params")
+            record_swept_keys(swept_keys(list(config.hydra.overrides.task), sweeper_params))
         except Exception as error:
             raise Escaped(error) from None
-
-    def claim_sweep(self, config: DictConfig) -> None:
-        check_output_subdir(config)
-        claim = rundir.claim_new(Path(config.hydra.sweep.dir), "hydra.sweep.dir",
-                                 unique=not user_set(config, "hydra.sweep.dir"))
-        # Every job's config is composed again from the Hydra overrides: the claimed dir must be one of them, and
-        # each job's dir is claimed as Hydra resolves its name (rundir.claimed_job_dir).
-        subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False)["subdir"]
-        with read_write(config.hydra), open_dict(config.hydra):
-            config.hydra.sweep.dir = str(claim.path)
-            config.hydra.overrides.hydra.append(f"hydra.sweep.dir={hydra_quote(str(claim.path))}")
-            config.hydra.overrides.hydra.append(
-                f"hydra.sweep.subdir={hydra_quote('${claimed_job_dir:' + str(subdir) + '}')}")
-        rundir.sweep = claim  # held (locked) while the sweep runs; a failing job removes only its own dir
-        sweeper_params = OmegaConf.select(config, "hydra.sweeper.params")
-        record_swept_keys(swept_keys(list(config.hydra.overrides.task), sweeper_params))
