@@ -53,9 +53,9 @@ def trainer_schema() -> Any:
     source), but OWNED; conf/trainer/default.yaml sets this app's defaults."""
     sig = signatures.signature(TRAINER)
     params = [p for p in (sig.params.values() if sig else ()) if p.name not in OWNED and
-           p.default not in (signatures.REQUIRED, signatures.UNKNOWN)]
+              p.default not in (signatures.REQUIRED, signatures.UNKNOWN)]
     return make_dataclass("TrainerConfig", [("_target_", str, field(default=TRAINER)),
-                                         *((p.name, Any, field(default=p.default)) for p in params)])
+                                            *((p.name, Any, field(default=p.default)) for p in params)])
 
 
 @dataclass
@@ -111,7 +111,7 @@ def register_configs() -> None:
     from echo_lstm.machinery.sweeps.naming import sweep_job_name
 
     schema = make_dataclass("TrainSchema", [("trainer", Any, field(default_factory=trainer_schema()))],
-                         bases=(TrainConfig,))
+                            bases=(TrainConfig,))
     ConfigStore.instance().store(name="train_schema", node=schema)
     for resolver in (sweep_job_name, claimed_job_dir, slurm_gpus):
         if not OmegaConf.has_resolver(resolver.__name__):
@@ -154,8 +154,8 @@ def check_nodes(cfg: Any) -> None:
             raise ConfigError(group, nodes, f"must be a config option ({group}=<option>) or null")
         for name, node in (nodes.items_ex(resolve=False) if nodes is not None else ()):
             if node is not None and not isinstance(node, DictConfig):
-             raise ConfigError(f"{group}.{name}", node, f"must be a group of settings or null ({group}.{name}=null "
-                               "drops it)")
+                raise ConfigError(f"{group}.{name}", node, f"must be a group of settings or null ({group}.{name}=null "
+                                  "drops it)")
 
 
 def check_finite(cfg: Any) -> None:
@@ -166,9 +166,9 @@ def check_finite(cfg: Any) -> None:
         items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         for key, value in items:
             if isinstance(value, (dict, list)):
-             walk(value, f"{prefix}{key}.")
+                walk(value, f"{prefix}{key}.")
             elif isinstance(value, float) and not math.isfinite(value):
-             raise ConfigError(f"{prefix}{key}", value, "must be a finite number")
+                raise ConfigError(f"{prefix}{key}", value, "must be a finite number")
 
     walk(OmegaConf.to_container(cfg, resolve=False), "")
 
@@ -181,9 +181,7 @@ def validate(cfg: Any) -> list[str]:
     check(cfg.layers >= 1, "layers", cfg.layers, "must be an integer >= 1")
     check(0 <= cfg.seed < 2**32, "seed", cfg.seed, "must be an integer in [0, 2**32 - 1]")
     check(0 < cfg.target_acc <= 1, "target_acc", cfg.target_acc, "must be in (0, 1]")
-    cores = available_cores()
-    check(0 <= cfg.threads <= cores, "threads", cfg.threads,
-          f"must be between 0 (torch's default) and {cores}, the cores this process may use")
+    check_threads(cfg.threads)
     check(metrics.find(cfg.optimized_metric) is not None, "optimized_metric", cfg.optimized_metric,
           f"must be one of the logged metrics: {', '.join(metrics.NAMES)}")
     check(cfg.ckpt_path is None or Path(str(cfg.ckpt_path)).expanduser().is_file(), "ckpt_path", cfg.ckpt_path,
@@ -208,7 +206,7 @@ def validate(cfg: Any) -> list[str]:
         check(d.batch_size % world == 0, "data.batch_size", d.batch_size,
               f"must be divisible by the number of processes ({world} = device.devices * device.num_nodes): "
               "each process owns a fixed set of streams")
-    check_memory(cfg)
+    check_model_memory(cfg)
     warnings = []
     T = d.truncated_backprop_length
     if min(d.batch_size, T, d.chunks_per_batch) < 1:
@@ -216,10 +214,10 @@ def validate(cfg: Any) -> list[str]:
     batches = -(-(d.total_series_length // d.batch_size // T) // d.chunks_per_batch)
     if is_int(t.val_check_interval) and t.val_check_interval > batches:
         warnings.append(f"trainer.val_check_interval={t.val_check_interval} is more than the {batches} training "
-                     "batch(es) of an epoch: validating once per epoch instead")
+                        "batch(es) of an epoch: validating once per epoch instead")
     if T <= d.echo_step < d.total_series_length // d.batch_size // T * T:  # (longer: the data module refuses it)
         warnings.append(f"data.echo_step={d.echo_step} >= data.truncated_backprop_length={T}: every target lies in "
-                     "an earlier chunk, beyond the reach of truncated backpropagation")
+                        "an earlier chunk, beyond the reach of truncated backpropagation")
     return warnings
 
 
@@ -244,7 +242,7 @@ def check_targets(cfg: Any, key: str) -> None:
             check_targets(cfg, f"{key}.{name}")
         elif sig is not None and not name.startswith("_"):
             wrong = signatures.problem(sig, name, OmegaConf.to_container(value) if isinstance(value, ListConfig)
-                                    else value)
+                                       else value)
             check(wrong is None, f"{key}.{name}", Raw(value) if isinstance(value, str) else value, wrong or "")
 
 
@@ -256,7 +254,7 @@ def check_layers_home(cfg: Any) -> None:
     net = OmegaConf.to_container(cfg.model.net, resolve=False)
     if "layers" in net and net["layers"] != "${layers}":
         raise ConfigError("model.net.layers", net["layers"], f"is set by layers, its one home: type "
-                       f"layers={net['layers']} instead")
+                          f"layers={net['layers']} instead")
 
 
 FLOAT32_MAX = 3.4028234663852886e38
@@ -338,24 +336,31 @@ def validate_device(dev: Any) -> int | None:
     return devices * dev.num_nodes if is_int(devices) else None
 
 
-def check_memory(cfg: Any) -> None:
-    """Refuse settings whose tensors cannot fit in this machine's memory, with the size they need."""
-    from omegaconf import OmegaConf
+def check_threads(threads: int) -> None:
+    cores = available_cores()
+    check(0 <= threads <= cores, "threads", threads,
+          f"must be between 0 (torch's default) and {cores}, the cores this process may use")
 
+
+def check_memory(key: str, value: Any, need: int, what: str = "") -> None:
+    """Refuse `key=value` when the tensors it makes (`need` bytes) cannot fit in this machine's memory."""
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
+    except (ValueError, OSError, AttributeError):  # not POSIX: nothing to compare with
         return
+    check(need <= total, key, value,
+          f"{what}needs about {need / 2**30:.1f} GiB of memory; this machine has {total / 2**30:.1f} GiB")
+
+
+def check_model_memory(cfg: Any) -> None:
+    from omegaconf import OmegaConf
+
     d = cfg.data
     # A training epoch's series (x, y as int64, generated per stream then stacked: ~2 copies) and the validation's.
-    needed = {"data.total_series_length": 32 * d.total_series_length,
-           "data.val_series_length": 32 * d.val_series_length}
+    check_memory("data.total_series_length", d.total_series_length, 32 * d.total_series_length)
+    check_memory("data.val_series_length", d.val_series_length, 32 * d.val_series_length)
     if OmegaConf.select(cfg, "model.net._target_") == STACKED_RNN and is_int(cfg.model.net.get("state_size")):
-        h, layers = cfg.model.net.state_size, cfg.layers
-        params = layers * (4 * h * (h + h + 2)) + 2 * h + 2  # an upper bound for any cell (LSTM: 4 gates)
-        needed["model.net.state_size"] = 4 * 4 * params  # weights, gradients, two optimizer buffers (float32)
-    for key, need in needed.items():
-        if need > total:
-            value = OmegaConf.select(cfg, key)
-            raise ConfigError(key, value, f"needs about {need / 2**30:.1f} GiB of memory; this machine has "
-                                       f"{total / 2**30:.1f} GiB")
+        h = cfg.model.net.state_size
+        params = cfg.layers * (4 * h * (h + h + 2)) + 2 * h + 2  # an upper bound for any cell (LSTM: 4 gates)
+        # weights, gradients, two optimizer buffers (float32)
+        check_memory("model.net.state_size", h, 4 * 4 * params)
