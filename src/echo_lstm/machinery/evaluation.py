@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from echo_lstm.machinery.config import CONF_DIR, PRECISIONS, DeviceConfig, check_memory, check_threads, validate_device
-from echo_lstm.machinery.errors import ConfigError, disk_error, relpath
+from echo_lstm.machinery.errors import ConfigError, check, disk_error, relpath
 from echo_lstm.machinery.resume import LAST
 
 KEY = "ckpt_path"
@@ -73,12 +73,12 @@ def check_settings(cfg: DictConfig) -> None:
         ("length", cfg.length >= 1, "must be an integer >= 1 (steps per stream)"),
         ("echo_step", cfg.echo_step is None or cfg.echo_step >= 0, "must be null (the checkpoint's) or >= 0"),
         ("chunk_length", cfg.chunk_length is None or cfg.chunk_length >= 1, "must be null (the checkpoint's) or >= 1"),
-        ("device.precision", str(cfg.device.precision) in FULL, f"must be one of {', '.join(FULL)}"),
     ]
     for key, ok, allowed in checks:
-        if not ok:
-            raise ConfigError(key, OmegaConf.select(cfg, key), allowed)
+        check(ok, key, OmegaConf.select(cfg, key), allowed)
     check_threads(cfg.threads)
+    precision = cfg.device.precision
+    check(str(precision) in FULL, "device.precision", precision, f"must be one of {', '.join(FULL)}")
     validate_device(cfg.device)
     # x, y (int64, twice while stacked), two runs' logits and losses
     check_memory("length", cfg.length, 96 * cfg.streams * cfg.length, f"with streams={cfg.streams} ")

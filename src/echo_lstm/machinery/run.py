@@ -27,21 +27,16 @@ def quiet_libraries() -> None:
         if name.startswith(("pytorch_lightning", "lightning")):
             logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # resuming into its own dir
-    warnings.filterwarnings("ignore", message=".*dirpath has changed from.*")  # ckpt_path=: best-k starts afresh
+    # (not empty: resuming into its own dir; dirpath changed: ckpt_path= starts best-k afresh)
+    for message in ("LeafSpec", "is smaller than the logging interval", "does not have many workers",
+                    "exists and is not empty", "dirpath has changed from"):
+        warnings.filterwarnings("ignore", message=f".*{message}.*")
 
 
 def keep_freed_memory() -> bool:
-    """glibc only: serve allocations from the heap and keep freed memory (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD).
-
-    By default glibc maps every block above a threshold with mmap and unmaps it when freed, so each large tensor
-    of each chunk costs fresh page faults: at 256 streams x state 64 that was a third of the time
-    (benchmarks/throughput.py). A training process reuses the same sizes every step, so keeping the memory is the
-    right trade. Returns whether it took effect.
-    """
+    """glibc only: keep freed memory instead of unmapping each large block (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD):
+    fresh page faults for each chunk's tensors were a third of the time at 256 streams x state 64
+    (benchmarks/throughput.py), and training reuses the same sizes every step. Returns whether it took effect."""
     import ctypes
     import ctypes.util
 
@@ -75,10 +70,10 @@ class RunResult:
         """`<run dir>/result.json`: what the run computed, for scripts (e.g. benchmarks/throughput.py)."""
         import json
 
-        data = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
-        data["metrics"] = {k: (v if math.isfinite(v) else str(v)) for k, v in self.metrics.items()}
         from echo_lstm.machinery.rundir import write_file
 
+        data = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        data["metrics"] = {k: (v if math.isfinite(v) else str(v)) for k, v in self.metrics.items()}
         write_file(self.run_dir / "result.json", json.dumps(data, indent=1) + "\n")  # atomic, never through a link
 
 
@@ -148,11 +143,9 @@ def drop_disabled(callbacks: list[Any], args: dict[str, Any]) -> list[Any]:
     """Lightning refuses a progress bar when bars are off, and checkpoint callbacks when checkpointing is off."""
     from pytorch_lightning.callbacks import Checkpoint, ProgressBar
 
-    if args.get("enable_progress_bar") is False:
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    if args.get("enable_checkpointing") is False:
-        callbacks = [c for c in callbacks if not isinstance(c, Checkpoint)]
-    return callbacks
+    off = {ProgressBar: "enable_progress_bar", Checkpoint: "enable_checkpointing"}
+    dropped = tuple(cls for cls, key in off.items() if args.get(key) is False)
+    return [c for c in callbacks if not isinstance(c, dropped)]
 
 
 def built(key: str, node: Any, make: Any) -> Any:
