@@ -64,11 +64,7 @@ def _class_node(module: str, name: str, depth: int = 0) -> ast.ClassDef | None:
             for alias in node.names:
                 if (alias.asname or alias.name) == name:
                     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-                    for _ in range(max(node.level - 1, 0)):
-                        package = package.rpartition(".")[0]
-                    source = node.module or ""
-                    if node.level:
-                        source = f"{package}.{source}".strip(".")
+                    source = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
                     return _class_node(source, alias.name, depth + 1)
     return None
 
@@ -79,7 +75,7 @@ def signature(target: str) -> Signature | None:
     module, _, name = target.rpartition(".")
     try:
         cls = _class_node(module, name) if module else None
-    except (OSError, SyntaxError, UnicodeDecodeError):
+    except (OSError, SyntaxError, UnicodeDecodeError, ImportError):  # (ImportError: a relative import beyond its top)
         return None
     init = next((n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None) if cls else None
     if init is None:
