@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from echo_lstm import metrics
 from echo_lstm.machinery import signatures
@@ -105,7 +105,6 @@ STACKED_RNN = "echo_lstm.models.net.StackedRNN"
 
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
 
     from echo_lstm.machinery.rundir import claimed_job_dir
     from echo_lstm.machinery.sweeps.naming import sweep_job_name
@@ -142,8 +141,6 @@ NODES = ("data", "model", "model.net", "optimizer", "trainer", "device", "checkp
 def check_nodes(cfg: Any) -> None:
     """Refuse a plain value where the config needs a node of settings (`model.net=5`, `callbacks.early_stopping=5`):
     every later check and Lightning would fail on it with a traceback."""
-    from omegaconf import DictConfig, OmegaConf
-
     for key in NODES:
         node = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
         if not isinstance(node, DictConfig):
@@ -160,8 +157,6 @@ def check_nodes(cfg: Any) -> None:
 
 def check_finite(cfg: Any) -> None:
     """Refuse NaN and infinity anywhere in the config: no setting of this app means anything with them."""
-    from omegaconf import OmegaConf
-
     def walk(node: Any, prefix: str) -> None:
         items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         for key, value in items:
@@ -224,8 +219,6 @@ def validate(cfg: Any) -> list[str]:
 def check_targets(cfg: Any, key: str) -> None:
     """Every setting of a node that builds an object (`_target_`), and of the nodes inside it, against the class's
     constructor (signatures.py): no unknown key, plain types as annotated. Its ranges are the constructor's."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
     node = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
     if not isinstance(node, DictConfig):
         return
@@ -249,8 +242,6 @@ def check_targets(cfg: Any, key: str) -> None:
 def check_layers_home(cfg: Any) -> None:
     """`layers` is the one home of the layer count: `model.net.layers` only reads it (`${layers}`), so the run, its
     hparams.yaml, the HParams tab and the memory check all see the same number."""
-    from omegaconf import OmegaConf
-
     net = OmegaConf.to_container(cfg.model.net, resolve=False)
     if "layers" in net and net["layers"] != "${layers}":
         raise ConfigError("model.net.layers", net["layers"], f"is set by layers, its one home: type "
@@ -353,8 +344,6 @@ def check_memory(key: str, value: Any, need: int, what: str = "") -> None:
 
 
 def check_model_memory(cfg: Any) -> None:
-    from omegaconf import OmegaConf
-
     d = cfg.data
     # A training epoch's series (x, y as int64, generated per stream then stacked: ~2 copies) and the validation's.
     check_memory("data.total_series_length", d.total_series_length, 32 * d.total_series_length)

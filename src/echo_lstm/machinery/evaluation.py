@@ -18,8 +18,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from echo_lstm.machinery.config import CONF_DIR, PRECISIONS, DeviceConfig, check_memory, check_threads, validate_device
-from echo_lstm.machinery.errors import ConfigError, check, disk_error, relpath
-from echo_lstm.machinery.resume import LAST
+from echo_lstm.machinery.errors import ConfigError, Escaped, check, disk_error, relpath
+from echo_lstm.machinery.preflight import check_output_subdir, claim_run_dir
+from echo_lstm.machinery.resume import LAST, read_checkpoint
+from echo_lstm.metrics import position_masks
 
 KEY = "ckpt_path"
 FULL = tuple(p for p in PRECISIONS if "16" not in p)  # no autocast: a reference measurement at full precision
@@ -88,9 +90,6 @@ class Preflight(Callback):
     """Check the settings and claim a new output dir before Hydra writes anything (as train.py's Preflight)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from echo_lstm.machinery.errors import Escaped
-        from echo_lstm.machinery.preflight import check_output_subdir, claim_run_dir
-
         try:  # Hydra turns an exception in a callback into a warning and goes on: carry it past (cli.run reports)
             check_output_subdir(config)
             check_settings(config)
@@ -184,8 +183,6 @@ def scores(logits: Any, y: Any, echo_step: int) -> dict[str, float | None]:
     kind without positions (no boundary when echo_step = 0, no interior when echo_step >= T)."""
     import torch.nn.functional as F
 
-    from echo_lstm.metrics import position_masks
-
     n_chunks, _, T = y.shape
     valid, boundary = position_masks(0, n_chunks, T, echo_step, y.device)
     correct = logits.argmax(-1) == y
@@ -204,8 +201,6 @@ def scores(logits: Any, y: Any, echo_step: int) -> dict[str, float | None]:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """The evaluation of `cfg.ckpt_path` (see the module docstring): eval.json's content."""
     import torch
-
-    from echo_lstm.machinery.resume import read_checkpoint
 
     check_settings(cfg)
     if cfg.threads > 0:

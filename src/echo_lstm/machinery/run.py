@@ -14,7 +14,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from echo_lstm.machinery import slurm
 from echo_lstm.machinery.errors import ConfigError, Raw, Stopped, command, hydra_quote, relpath, signal_name
+from echo_lstm.machinery.resume import LAST
+from echo_lstm.machinery.rundir import write_file
 
 log = logging.getLogger("echo_lstm.run")
 
@@ -70,8 +73,6 @@ class RunResult:
         """`<run dir>/result.json`: what the run computed, for scripts (e.g. benchmarks/throughput.py)."""
         import json
 
-        from echo_lstm.machinery.rundir import write_file
-
         data = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
         data["metrics"] = {k: (v if math.isfinite(v) else str(v)) for k, v in self.metrics.items()}
         write_file(self.run_dir / "result.json", json.dumps(data, indent=1) + "\n")  # atomic, never through a link
@@ -79,9 +80,6 @@ class RunResult:
 
 def stopped(signum: int, trainer: Any, run_dir: Path) -> Stopped:
     """A requested stop, saved at a block boundary; a SLURM job's pre-emption warning requeues it too."""
-    from echo_lstm.machinery import slurm
-    from echo_lstm.machinery.resume import LAST
-
     step = trainer.global_step
     if signum in slurm.REQUEUE_SIGNALS and slurm.in_slurm_job():
         failed = slurm.requeue() if trainer.is_global_zero else None
@@ -125,8 +123,6 @@ def resume_command(run_dir: Path) -> str:
 
 def checkpoint_note(run_dir: Path) -> str:
     """Which checkpoint a stopped run left (only what exists: none if it stopped before its first)."""
-    from echo_lstm.machinery.resume import LAST
-
     last = run_dir / LAST
     if not last.is_file():
         return "no checkpoint was written yet"
