@@ -3,6 +3,7 @@ requested stops, and what a run says and leaves at its end (the summary, result.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -71,8 +72,6 @@ class RunResult:
 
     def write(self) -> None:
         """`<run dir>/result.json`: what the run computed, for scripts (e.g. benchmarks/throughput.py)."""
-        import json
-
         data = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
         data["metrics"] = {k: (v if math.isfinite(v) else str(v)) for k, v in self.metrics.items()}
         write_file(self.run_dir / "result.json", json.dumps(data, indent=1) + "\n")  # atomic, never through a link
@@ -80,21 +79,20 @@ class RunResult:
 
 def stopped(signum: int, trainer: Any, run_dir: Path) -> Stopped:
     """A requested stop, saved at a block boundary; a SLURM job's pre-emption warning requeues it too."""
-    step = trainer.global_step
+    step, line = trainer.global_step, None
     if signum in slurm.REQUEUE_SIGNALS and slurm.in_slurm_job():
+        job = os.environ["SLURM_JOB_ID"]
         failed = slurm.requeue() if trainer.is_global_zero else None
         if failed is None:
-            job = os.environ["SLURM_JOB_ID"]
             line = (f"requeued by {signal_name(signum)} at step {step}: SLURM job {job} continues from "
                     f"{os.path.relpath(run_dir / LAST)} (step {step}) when it starts again")
-            if trainer.is_global_zero:
-                log.info(line)
-            return Stopped(signum, line)
-        log.info(f"could not requeue SLURM job {os.environ['SLURM_JOB_ID']}: {failed}")
-    note = checkpoint_note(run_dir)
-    if (run_dir / LAST).is_file():  # else nothing is kept to continue from
-        note += f". Continue with: {resume_command(run_dir)}"
-    line = f"stopped by {signal_name(signum)} at step {step}; {note}"
+        else:
+            log.info(f"could not requeue SLURM job {job}: {failed}")
+    if line is None:
+        note = checkpoint_note(run_dir)
+        if (run_dir / LAST).is_file():  # else nothing is kept to continue from
+            note += f". Continue with: {resume_command(run_dir)}"
+        line = f"stopped by {signal_name(signum)} at step {step}; {note}"
     if trainer.is_global_zero:
         log.info(line)  # the run's log says where it stopped (and a continuation where it went on)
     return Stopped(signum, line)
