@@ -1,24 +1,18 @@
-"""The app's own settings (typed here) and the value checks that run before anything heavy is imported.
-
-Hydra composes `conf/train.yaml` on top of `TrainConfig` (registered as `train_schema`), so a wrong *type*
-(`layers=abc`) or an unknown key (`layerz=5`) is refused while composing, and `validate` checks *values*
-(ranges, cross-field rules). The YAML files under `conf/` are the one home of the defaults. The nodes that build
-objects by `_target_` (`data`, `model`, `model.net`, `optimizer`, `logger`, `callbacks`) are not copied here:
-`validate` checks them against their class's constructor (signatures.py), whose own checks hold their ranges;
-`trainer`'s schema is the installed Lightning's Trainer signature (trainer_schema).
-
-Must stay light (no torch / Lightning): it serves `--help`, `--cfg` and config errors, which answer fast.
+"""The app's own settings (typed here: Hydra refuses a wrong type or unknown key while composing) and `validate`,
+the value checks. conf/*.yaml is the one home of the defaults; nodes that build objects by `_target_` are checked
+against their class's constructor (signatures.py). Stays light (no torch / Lightning): `--help` and config errors
+answer fast.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from echo_lstm import metrics
 from echo_lstm.machinery import signatures
@@ -38,19 +32,6 @@ class DeviceConfig:
     process_group_backend: Any = None  # gloo | nccl | None (Lightning's default)
 
 
-def trainer_schema() -> Any:
-    """The `trainer` node's schema: every argument of the installed `pytorch_lightning.Trainer` with Lightning's
-    default (read from its source: signatures.py), except those this app owns (OWNED); `conf/trainer/default.yaml`
-    sets this app's defaults. `instantiate(cfg.trainer)` builds a Trainer."""
-    from dataclasses import make_dataclass
-
-    sig = signatures.signature(TRAINER)
-    params = [p for p in (sig.params.values() if sig else ()) if p.name not in OWNED and
-              p.default not in (signatures.REQUIRED, signatures.UNKNOWN)]
-    return make_dataclass("TrainerConfig", [("_target_", str, field(default=TRAINER)),
-                                            *((p.name, Any, field(default=p.default)) for p in params)])
-
-
 TRAINER = "pytorch_lightning.Trainer"
 # Trainer arguments this app sets itself, and where a user sets them instead.
 OWNED = {
@@ -65,6 +46,16 @@ OWNED = {
     "default_root_dir": "hydra.run.dir (each run writes into its own run dir)",
     "use_distributed_sampler": "this app (the streams are sharded by the data module, never by a sampler)",
 }
+
+
+def trainer_schema() -> Any:
+    """The `trainer` node's schema: the installed Trainer's arguments with Lightning's defaults (read from its
+    source), but OWNED; conf/trainer/default.yaml sets this app's defaults."""
+    sig = signatures.signature(TRAINER)
+    params = [p for p in (sig.params.values() if sig else ()) if p.name not in OWNED and
+              p.default not in (signatures.REQUIRED, signatures.UNKNOWN)]
+    return make_dataclass("TrainerConfig", [("_target_", str, field(default=TRAINER)),
+                                            *((p.name, Any, field(default=p.default)) for p in params)])
 
 
 @dataclass
@@ -87,9 +78,7 @@ class StepsToEchoConfig:
 
 @dataclass
 class TrainConfig:
-    """The app's own settings (train.yaml's top level). The nodes that build objects (`data`, `model`, `optimizer`,
-    `logger`, `callbacks`) are checked against their `_target_`'s constructor (signatures.py), `trainer` against
-    Lightning's Trainer."""
+    """train.yaml's top level."""
 
     layers: int = MISSING
     seed: int = MISSING
@@ -115,24 +104,17 @@ STACKED_RNN = "echo_lstm.models.net.StackedRNN"
 
 
 def register_configs() -> None:
-    from dataclasses import make_dataclass
-
     from hydra.core.config_store import ConfigStore
-    from omegaconf import OmegaConf
+
+    from echo_lstm.machinery.rundir import claimed_job_dir
+    from echo_lstm.machinery.sweeps.naming import sweep_job_name
 
     schema = make_dataclass("TrainSchema", [("trainer", Any, field(default_factory=trainer_schema()))],
                             bases=(TrainConfig,))
     ConfigStore.instance().store(name="train_schema", node=schema)
-    if not OmegaConf.has_resolver("sweep_job_name"):
-        from echo_lstm.machinery.sweeps.naming import sweep_job_name
-
-        OmegaConf.register_new_resolver("sweep_job_name", sweep_job_name)
-    if not OmegaConf.has_resolver("claimed_job_dir"):
-        from echo_lstm.machinery.rundir import claimed_job_dir
-
-        OmegaConf.register_new_resolver("claimed_job_dir", claimed_job_dir)
-    if not OmegaConf.has_resolver("slurm_gpus"):
-        OmegaConf.register_new_resolver("slurm_gpus", slurm_gpus)
+    for resolver in (sweep_job_name, claimed_job_dir, slurm_gpus):
+        if not OmegaConf.has_resolver(resolver.__name__):
+            OmegaConf.register_new_resolver(resolver.__name__, resolver)
 
 
 def slurm_gpus(accelerator: str, devices: Any) -> Any:
@@ -142,10 +124,8 @@ def slurm_gpus(accelerator: str, devices: Any) -> Any:
 
 def config_groups() -> dict[str, list[str]]:
     """The app's config groups and their options, from conf/ (e.g. {"optimizer": ["adagrad", "adam", ...]})."""
-    groups = {}
-    for directory in sorted(p for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra"):
-        groups[directory.name] = sorted(p.stem for p in directory.glob("*.yaml"))
-    return groups
+    return {d.name: sorted(p.stem for p in d.glob("*.yaml"))
+            for d in sorted(CONF_DIR.iterdir()) if d.is_dir() and d.name != "hydra"}
 
 
 def available_cores() -> int:
@@ -161,8 +141,6 @@ NODES = ("data", "model", "model.net", "optimizer", "trainer", "device", "checkp
 def check_nodes(cfg: Any) -> None:
     """Refuse a plain value where the config needs a node of settings (`model.net=5`, `callbacks.early_stopping=5`):
     every later check and Lightning would fail on it with a traceback."""
-    from omegaconf import DictConfig, OmegaConf
-
     for key in NODES:
         node = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
         if not isinstance(node, DictConfig):
@@ -179,8 +157,6 @@ def check_nodes(cfg: Any) -> None:
 
 def check_finite(cfg: Any) -> None:
     """Refuse NaN and infinity anywhere in the config: no setting of this app means anything with them."""
-    from omegaconf import OmegaConf
-
     def walk(node: Any, prefix: str) -> None:
         items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         for key, value in items:
@@ -200,13 +176,11 @@ def validate(cfg: Any) -> list[str]:
     check(cfg.layers >= 1, "layers", cfg.layers, "must be an integer >= 1")
     check(0 <= cfg.seed < 2**32, "seed", cfg.seed, "must be an integer in [0, 2**32 - 1]")
     check(0 < cfg.target_acc <= 1, "target_acc", cfg.target_acc, "must be in (0, 1]")
-    cores = available_cores()
-    check(0 <= cfg.threads <= cores, "threads", cfg.threads,
-             f"must be between 0 (torch's default) and {cores}, the cores this process may use")
+    check_threads(cfg.threads)
     check(metrics.find(cfg.optimized_metric) is not None, "optimized_metric", cfg.optimized_metric,
-             f"must be one of the logged metrics: {', '.join(metrics.NAMES)}")
+          f"must be one of the logged metrics: {', '.join(metrics.NAMES)}")
     check(cfg.ckpt_path is None or Path(str(cfg.ckpt_path)).expanduser().is_file(), "ckpt_path", cfg.ckpt_path,
-             "no such checkpoint file")
+          "no such checkpoint file")
     for key in ("data", "model", "optimizer", "trainer", "callbacks", "logger"):
         check_targets(cfg, key)
     check_layers_home(cfg)
@@ -214,20 +188,20 @@ def validate(cfg: Any) -> list[str]:
     validate_trainer(t)
     validate_monitors(cfg.callbacks)
     check(cfg.checkpoint.every_n_steps >= 0, "checkpoint.every_n_steps", cfg.checkpoint.every_n_steps,
-             "must be >= 0 (0 = only at validations and at the end)")
+          "must be >= 0 (0 = only at validations and at the end)")
     f = cfg.figure
     check(f.every_n_steps >= 0, "figure.every_n_steps", f.every_n_steps, "must be >= 0 (0 = no figure)")
     check(1 <= f.streams <= 64, "figure.streams", f.streams, "must be an integer in [1, 64]")
     check(100 <= f.width <= 4000, "figure.width", f.width, "must be in [100, 4000] (pixels)")
     check(100 <= f.height <= 4000, "figure.height", f.height, "must be in [100, 4000] (pixels)")
     check(cfg.steps_to_echo.window >= 1, "steps_to_echo.window", cfg.steps_to_echo.window,
-             "must be an integer >= 1 (chunks)")
+          "must be an integer >= 1 (chunks)")
     world = validate_device(dev)
     if world is not None:
         check(d.batch_size % world == 0, "data.batch_size", d.batch_size,
-                 f"must be divisible by the number of processes ({world} = device.devices * device.num_nodes): "
-                 "each process owns a fixed set of streams")
-    check_memory(cfg)
+              f"must be divisible by the number of processes ({world} = device.devices * device.num_nodes): "
+              "each process owns a fixed set of streams")
+    check_model_memory(cfg)
     warnings = []
     T = d.truncated_backprop_length
     if min(d.batch_size, T, d.chunks_per_batch) < 1:
@@ -245,8 +219,6 @@ def validate(cfg: Any) -> list[str]:
 def check_targets(cfg: Any, key: str) -> None:
     """Every setting of a node that builds an object (`_target_`), and of the nodes inside it, against the class's
     constructor (signatures.py): no unknown key, plain types as annotated. Its ranges are the constructor's."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
     node = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
     if not isinstance(node, DictConfig):
         return
@@ -270,8 +242,6 @@ def check_targets(cfg: Any, key: str) -> None:
 def check_layers_home(cfg: Any) -> None:
     """`layers` is the one home of the layer count: `model.net.layers` only reads it (`${layers}`), so the run, its
     hparams.yaml, the HParams tab and the memory check all see the same number."""
-    from omegaconf import OmegaConf
-
     net = OmegaConf.to_container(cfg.model.net, resolve=False)
     if "layers" in net and net["layers"] != "${layers}":
         raise ConfigError("model.net.layers", net["layers"], f"is set by layers, its one home: type "
@@ -284,48 +254,48 @@ FLOAT32_MAX = 3.4028234663852886e38
 def validate_optimizer(o: Any) -> None:
     target = o.get("_target_") if hasattr(o, "get") else None
     check(isinstance(target, str) and "." in target, "optimizer._target_", target,
-             "must name an optimizer class, e.g. torch.optim.Adagrad (see conf/optimizer/)")
+          "must name an optimizer class, e.g. torch.optim.Adagrad (see conf/optimizer/)")
     check(o.get("_partial_") is True, "optimizer._partial_", o.get("_partial_"),
-             "must be true: the model gives the optimizer its parameters")
+          "must be true: the model gives the optimizer its parameters")
     for key, value in o.items():  # torch applies them in float32: a larger number overflows there
         if is_number(value):
             check(abs(value) < FLOAT32_MAX, f"optimizer.{key}", value, "must be below 3.4e38 (a float32's range)")
 
 
-def validate_trainer(t: Any) -> None:
-    def positive_int_or(key: str, value: Any, *also: Any) -> None:
-        check(value in also or (is_int(value) and value >= 1), f"trainer.{key}", value,
-                 f"must be an integer >= 1{''.join(f' or {a}' if a is not None else ' or null' for a in also)}")
+COUNTS = {  # Trainer counts that must be >= 1, and the other values each one allows
+    "max_epochs": (-1, None), "max_steps": (-1,), "check_val_every_n_epoch": (None,),
+    "log_every_n_steps": (None,)}
 
-    positive_int_or("max_epochs", t.max_epochs, -1, None)
-    positive_int_or("max_steps", t.max_steps, -1)
-    positive_int_or("check_val_every_n_epoch", t.check_val_every_n_epoch, None)
-    positive_int_or("log_every_n_steps", t.log_every_n_steps, None)
+
+def validate_trainer(t: Any) -> None:
+    for key, also in COUNTS.items():
+        check(t[key] in also or (is_int(t[key]) and t[key] >= 1), f"trainer.{key}", t[key],
+              "must be an integer >= 1" + "".join(" or null" if a is None else f" or {a}" for a in also))
     vci = t.val_check_interval
     check(vci is None or (is_int(vci) and vci >= 1) or (isinstance(vci, float) and 0 < vci <= 1),
-             "trainer.val_check_interval", vci,
-             "must be an integer >= 1 (training batches between validations) or a fraction of an epoch in (0, 1]")
+          "trainer.val_check_interval", vci,
+          "must be an integer >= 1 (training batches between validations) or a fraction of an epoch in (0, 1]")
     for key in ("limit_train_batches", "limit_val_batches", "overfit_batches"):
         v = t[key]
         check(v is None or (is_int(v) and v >= 0) or (isinstance(v, float) and 0 <= v <= 1), f"trainer.{key}",
-                 v, "must be an integer >= 0 (batches) or a fraction in [0, 1]")
+              v, "must be an integer >= 0 (batches) or a fraction in [0, 1]")
     check(t.accumulate_grad_batches == 1, "trainer.accumulate_grad_batches", t.accumulate_grad_batches,
-             "must be 1: truncated BPTT takes one optimizer step per chunk, each from the state the previous step "
-             "left (to average over more data, raise data.batch_size)")
+          "must be 1: truncated BPTT takes one optimizer step per chunk, each from the state the previous step "
+          "left (to average over more data, raise data.batch_size)")
     clip = t.gradient_clip_val
     check(clip is None or (is_number(clip) and clip >= 0), "trainer.gradient_clip_val", clip,
-             "must be a number >= 0 (0 or null: no clipping)")
+          "must be a number >= 0 (0 or null: no clipping)")
     check(t.gradient_clip_algorithm in (None, "norm", "value"), "trainer.gradient_clip_algorithm",
-             t.gradient_clip_algorithm, "must be norm or value")
+          t.gradient_clip_algorithm, "must be norm or value")
     check(t.fast_dev_run is False or t.fast_dev_run is True or (is_int(t.fast_dev_run) and t.fast_dev_run >= 0),
-             "trainer.fast_dev_run", t.fast_dev_run, "must be true, false or a number of batches >= 0")
+          "trainer.fast_dev_run", t.fast_dev_run, "must be true, false or a number of batches >= 0")
     check(t.deterministic in (None, True, False, "warn"), "trainer.deterministic", t.deterministic,
-             "must be true, false, warn or null")
+          "must be true, false, warn or null")
     check(t.num_sanity_val_steps is None or (is_int(t.num_sanity_val_steps) and t.num_sanity_val_steps >= -1),
-             "trainer.num_sanity_val_steps", t.num_sanity_val_steps, "must be an integer >= -1 (-1: all) or null")
+          "trainer.num_sanity_val_steps", t.num_sanity_val_steps, "must be an integer >= -1 (-1: all) or null")
     for key in ("min_epochs", "min_steps"):
         check(t[key] is None or (is_int(t[key]) and t[key] >= 0), f"trainer.{key}", t[key],
-                 "must be an integer >= 0 or null")
+              "must be an integer >= 0 or null")
 
 
 def validate_monitors(callbacks: Any) -> None:
@@ -333,7 +303,7 @@ def validate_monitors(callbacks: Any) -> None:
         monitor = callback.get("monitor") if callback is not None and hasattr(callback, "get") else None
         if monitor is not None:
             check(metrics.find(monitor) is not None, f"callbacks.{name}.monitor", monitor,
-                     f"must be one of the logged metrics: {', '.join(metrics.NAMES)}")
+                  f"must be one of the logged metrics: {', '.join(metrics.NAMES)}")
 
 
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
@@ -343,38 +313,43 @@ PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true",
 def validate_device(dev: Any) -> int | None:
     """Check `device.*`; returns the number of processes when it is known without looking at the hardware."""
     check(dev.accelerator in ACCELERATORS, "device.accelerator", dev.accelerator,
-             f"must be one of {', '.join(ACCELERATORS)}")
+          f"must be one of {', '.join(ACCELERATORS)}")
     devices = dev.devices
     check(devices == "auto" or (is_int(devices) and devices >= 1), "device.devices", devices,
-             "must be an integer >= 1 or 'auto'")
+          "must be an integer >= 1 or 'auto'")
     check(dev.num_nodes >= 1, "device.num_nodes", dev.num_nodes, "must be an integer >= 1")
     check(str(dev.precision) in PRECISIONS, "device.precision", dev.precision,
-             f"must be one of {', '.join(PRECISIONS)}")
+          f"must be one of {', '.join(PRECISIONS)}")
     # ddp_spawn would pickle the run into fresh processes (the figure's font cannot be unpickled) and start them
     # outside rank 0's watch: this app starts its DDP ranks itself (distributed.py)
     check(dev.strategy in ("auto", "ddp"), "device.strategy", dev.strategy,
-             "must be auto or ddp (ddp_spawn is not supported: with ddp this app starts and watches the processes)")
+          "must be auto or ddp (ddp_spawn is not supported: with ddp this app starts and watches the processes)")
     return devices * dev.num_nodes if is_int(devices) else None
 
 
-def check_memory(cfg: Any) -> None:
-    """Refuse settings whose tensors cannot fit in this machine's memory, with the size they need."""
-    from omegaconf import OmegaConf
+def check_threads(threads: int) -> None:
+    cores = available_cores()
+    check(0 <= threads <= cores, "threads", threads,
+          f"must be between 0 (torch's default) and {cores}, the cores this process may use")
 
+
+def check_memory(key: str, value: Any, need: int, what: str = "") -> None:
+    """Refuse `key=value` when the tensors it makes (`need` bytes) cannot fit in this machine's memory."""
     try:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
+    except (ValueError, OSError, AttributeError):  # not POSIX: nothing to compare with
         return
+    check(need <= total, key, value,
+          f"{what}needs about {need / 2**30:.1f} GiB of memory; this machine has {total / 2**30:.1f} GiB")
+
+
+def check_model_memory(cfg: Any) -> None:
     d = cfg.data
     # A training epoch's series (x, y as int64, generated per stream then stacked: ~2 copies) and the validation's.
-    needed = {"data.total_series_length": 32 * d.total_series_length,
-              "data.val_series_length": 32 * d.val_series_length}
+    check_memory("data.total_series_length", d.total_series_length, 32 * d.total_series_length)
+    check_memory("data.val_series_length", d.val_series_length, 32 * d.val_series_length)
     if OmegaConf.select(cfg, "model.net._target_") == STACKED_RNN and is_int(cfg.model.net.get("state_size")):
-        h, layers = cfg.model.net.state_size, cfg.layers
-        params = layers * (4 * h * (h + h + 2)) + 2 * h + 2  # an upper bound for any cell (LSTM: 4 gates)
-        needed["model.net.state_size"] = 4 * 4 * params  # weights, gradients, two optimizer buffers (float32)
-    for key, need in needed.items():
-        if need > total:
-            value = OmegaConf.select(cfg, key)
-            raise ConfigError(key, value, f"needs about {need / 2**30:.1f} GiB of memory; this machine has "
-                                          f"{total / 2**30:.1f} GiB")
+        h = cfg.model.net.state_size
+        params = cfg.layers * (4 * h * (h + h + 2)) + 2 * h + 2  # an upper bound for any cell (LSTM: 4 gates)
+        # weights, gradients, two optimizer buffers (float32)
+        check_memory("model.net.state_size", h, 4 * 4 * params)

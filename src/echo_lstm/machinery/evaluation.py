@@ -1,27 +1,15 @@
-"""Evaluate a trained checkpoint on fresh echo series: `python eval.py ckpt_path=<checkpoint file or run dir>`.
+"""eval.py's work: a checkpoint run chunk by chunk over fresh series (split EVAL, by default the training seed + 1;
+the training seed itself is refused), twice: the state carried from chunk to chunk as in training (`acc`,
+`boundary_acc`, ...), and reset at every chunk (`reset_*`: chance at the boundary by construction, the reference).
 
-The series are run chunk by chunk (T = the checkpoint's truncated_backprop_length steps each), in order, twice:
-with the state carried from chunk to chunk, as in training (`acc`, `boundary_acc`, `interior_acc`, `loss`), and
-with the state reset to zeros at every chunk (`reset_acc`, `reset_boundary_acc`). Boundary positions are those
-whose target lies in an earlier chunk (t % T < echo_step): only a carried state can get them right, so
-`reset_boundary_acc` is chance (~0.5) by construction, the reference for `boundary_acc`.
-
-The series are new: split id EVAL (echo_lstm/data/series.py; training uses 0, validation 1) and, by default, the
-training seed + 1. An explicit `seed=` equal to the training seed is refused, so an evaluation never reuses the
-training seed.
-
-A checkpoint may come from a stranger. It is read with `weights_only=True` (resume.read_checkpoint: no code runs),
-its network is built only if its `_target_` is one of this app's (conf/model/*.yaml) with plain arguments, and
-the network is first built on the meta device, so that shapes that do not fit the file's tensors are refused
-before any memory is allocated.
-
-Must stay light at import (no torch): eval.py imports it for the schema, so `--help` and config errors are fast.
+A checkpoint may come from a stranger: it is read with `weights_only=True` (no code runs), its network built only
+if its `_target_` is one of conf/model/*.yaml's with plain arguments, first on the meta device, so that shapes that
+do not fit its tensors are refused before memory is allocated. Light at import (no torch): `--help` stays fast.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +17,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from echo_lstm.machinery.config import CONF_DIR, PRECISIONS, DeviceConfig, available_cores, validate_device
-from echo_lstm.machinery.errors import ConfigError, disk_error, relpath
-from echo_lstm.machinery.resume import LAST
+from echo_lstm.machinery.config import CONF_DIR, PRECISIONS, DeviceConfig, check_memory, check_threads, validate_device
+from echo_lstm.machinery.errors import ConfigError, Escaped, check, disk_error, relpath
+from echo_lstm.machinery.preflight import check_output_subdir, claim_run_dir
+from echo_lstm.machinery.resume import LAST, read_checkpoint
+from echo_lstm.metrics import position_masks
 
 KEY = "ckpt_path"
 FULL = tuple(p for p in PRECISIONS if "16" not in p)  # no autocast: a reference measurement at full precision
@@ -85,28 +75,21 @@ def check_settings(cfg: DictConfig) -> None:
         ("length", cfg.length >= 1, "must be an integer >= 1 (steps per stream)"),
         ("echo_step", cfg.echo_step is None or cfg.echo_step >= 0, "must be null (the checkpoint's) or >= 0"),
         ("chunk_length", cfg.chunk_length is None or cfg.chunk_length >= 1, "must be null (the checkpoint's) or >= 1"),
-        ("threads", 0 <= cfg.threads <= available_cores(),
-         f"must be between 0 (torch's default) and {available_cores()}, the cores this process may use"),
-        ("device.precision", str(cfg.device.precision) in FULL, f"must be one of {', '.join(FULL)}"),
     ]
     for key, ok, allowed in checks:
-        if not ok:
-            raise ConfigError(key, OmegaConf.select(cfg, key), allowed)
+        check(ok, key, OmegaConf.select(cfg, key), allowed)
+    check_threads(cfg.threads)
+    precision = cfg.device.precision
+    check(str(precision) in FULL, "device.precision", precision, f"must be one of {', '.join(FULL)}")
     validate_device(cfg.device)
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    need = 96 * cfg.streams * cfg.length  # x, y (int64, twice while stacked), two runs' logits and losses
-    if need > total:
-        raise ConfigError("length", cfg.length, f"with streams={cfg.streams} needs about {need / 2**30:.1f} GiB of "
-                                                f"memory; this machine has {total / 2**30:.1f} GiB")
+    # x, y (int64, twice while stacked), two runs' logits and losses
+    check_memory("length", cfg.length, 96 * cfg.streams * cfg.length, f"with streams={cfg.streams} ")
 
 
 class Preflight(Callback):
     """Check the settings and claim a new output dir before Hydra writes anything (as train.py's Preflight)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from echo_lstm.machinery.errors import Escaped
-        from echo_lstm.machinery.preflight import check_output_subdir, claim_run_dir
-
         try:  # Hydra turns an exception in a callback into a warning and goes on: carry it past (cli.run reports)
             check_output_subdir(config)
             check_settings(config)
@@ -200,8 +183,6 @@ def scores(logits: Any, y: Any, echo_step: int) -> dict[str, float | None]:
     kind without positions (no boundary when echo_step = 0, no interior when echo_step >= T)."""
     import torch.nn.functional as F
 
-    from echo_lstm.metrics import position_masks
-
     n_chunks, _, T = y.shape
     valid, boundary = position_masks(0, n_chunks, T, echo_step, y.device)
     correct = logits.argmax(-1) == y
@@ -220,8 +201,6 @@ def scores(logits: Any, y: Any, echo_step: int) -> dict[str, float | None]:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """The evaluation of `cfg.ckpt_path` (see the module docstring): eval.json's content."""
     import torch
-
-    from echo_lstm.machinery.resume import read_checkpoint
 
     check_settings(cfg)
     if cfg.threads > 0:
@@ -267,10 +246,7 @@ def write(result: dict[str, Any], out_dir: Path) -> Path:
     try:
         target.write_text(json.dumps(result, indent=1) + "\n")
     except OSError as error:
-        written = disk_error(error)
-        if written is None:
-            raise
-        raise written from None
+        raise (disk_error(error) or error) from None
     return target
 
 

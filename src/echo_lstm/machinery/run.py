@@ -3,6 +3,7 @@ requested stops, and what a run says and leaves at its end (the summary, result.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -14,7 +15,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from echo_lstm.machinery import slurm
 from echo_lstm.machinery.errors import ConfigError, Raw, Stopped, command, hydra_quote, relpath, signal_name
+from echo_lstm.machinery.resume import LAST
+from echo_lstm.machinery.rundir import write_file
 
 log = logging.getLogger("echo_lstm.run")
 
@@ -27,21 +31,16 @@ def quiet_libraries() -> None:
         if name.startswith(("pytorch_lightning", "lightning")):
             logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # resuming into its own dir
-    warnings.filterwarnings("ignore", message=".*dirpath has changed from.*")  # ckpt_path=: best-k starts afresh
+    # (not empty: resuming into its own dir; dirpath changed: ckpt_path= starts best-k afresh)
+    for message in ("LeafSpec", "is smaller than the logging interval", "does not have many workers",
+                    "exists and is not empty", "dirpath has changed from"):
+        warnings.filterwarnings("ignore", message=f".*{message}.*")
 
 
 def keep_freed_memory() -> bool:
-    """glibc only: serve allocations from the heap and keep freed memory (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD).
-
-    By default glibc maps every block above a threshold with mmap and unmaps it when freed, so each large tensor
-    of each chunk costs fresh page faults: at 256 streams x state 64 that was a third of the time
-    (benchmarks/throughput.py). A training process reuses the same sizes every step, so keeping the memory is the
-    right trade. Returns whether it took effect.
-    """
+    """glibc only: keep freed memory instead of unmapping each large block (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD):
+    fresh page faults for each chunk's tensors were a third of the time at 256 streams x state 64
+    (benchmarks/throughput.py), and training reuses the same sizes every step. Returns whether it took effect."""
     import ctypes
     import ctypes.util
 
@@ -73,35 +72,27 @@ class RunResult:
 
     def write(self) -> None:
         """`<run dir>/result.json`: what the run computed, for scripts (e.g. benchmarks/throughput.py)."""
-        import json
-
         data = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
         data["metrics"] = {k: (v if math.isfinite(v) else str(v)) for k, v in self.metrics.items()}
-        from echo_lstm.machinery.rundir import write_file
-
         write_file(self.run_dir / "result.json", json.dumps(data, indent=1) + "\n")  # atomic, never through a link
 
 
 def stopped(signum: int, trainer: Any, run_dir: Path) -> Stopped:
     """A requested stop, saved at a block boundary; a SLURM job's pre-emption warning requeues it too."""
-    from echo_lstm.machinery import slurm
-    from echo_lstm.machinery.resume import LAST
-
-    step = trainer.global_step
+    step, line = trainer.global_step, None
     if signum in slurm.REQUEUE_SIGNALS and slurm.in_slurm_job():
+        job = os.environ["SLURM_JOB_ID"]
         failed = slurm.requeue() if trainer.is_global_zero else None
         if failed is None:
-            job = os.environ["SLURM_JOB_ID"]
             line = (f"requeued by {signal_name(signum)} at step {step}: SLURM job {job} continues from "
                     f"{os.path.relpath(run_dir / LAST)} (step {step}) when it starts again")
-            if trainer.is_global_zero:
-                log.info(line)
-            return Stopped(signum, line)
-        log.info(f"could not requeue SLURM job {os.environ['SLURM_JOB_ID']}: {failed}")
-    note = checkpoint_note(run_dir)
-    if (run_dir / LAST).is_file():  # else nothing is kept to continue from
-        note += f". Continue with: {resume_command(run_dir)}"
-    line = f"stopped by {signal_name(signum)} at step {step}; {note}"
+        else:
+            log.info(f"could not requeue SLURM job {job}: {failed}")
+    if line is None:
+        note = checkpoint_note(run_dir)
+        if (run_dir / LAST).is_file():  # else nothing is kept to continue from
+            note += f". Continue with: {resume_command(run_dir)}"
+        line = f"stopped by {signal_name(signum)} at step {step}; {note}"
     if trainer.is_global_zero:
         log.info(line)  # the run's log says where it stopped (and a continuation where it went on)
     return Stopped(signum, line)
@@ -130,8 +121,6 @@ def resume_command(run_dir: Path) -> str:
 
 def checkpoint_note(run_dir: Path) -> str:
     """Which checkpoint a stopped run left (only what exists: none if it stopped before its first)."""
-    from echo_lstm.machinery.resume import LAST
-
     last = run_dir / LAST
     if not last.is_file():
         return "no checkpoint was written yet"
@@ -148,11 +137,9 @@ def drop_disabled(callbacks: list[Any], args: dict[str, Any]) -> list[Any]:
     """Lightning refuses a progress bar when bars are off, and checkpoint callbacks when checkpointing is off."""
     from pytorch_lightning.callbacks import Checkpoint, ProgressBar
 
-    if args.get("enable_progress_bar") is False:
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    if args.get("enable_checkpointing") is False:
-        callbacks = [c for c in callbacks if not isinstance(c, Checkpoint)]
-    return callbacks
+    off = {ProgressBar: "enable_progress_bar", Checkpoint: "enable_checkpointing"}
+    dropped = tuple(cls for cls, key in off.items() if args.get(key) is False)
+    return [c for c in callbacks if not isinstance(c, dropped)]
 
 
 def built(key: str, node: Any, make: Any) -> Any:

@@ -1,10 +1,6 @@
-"""The config's schemas, read from the constructors they configure: one home per setting.
-
-A config node with `_target_: pkg.module.Class` is checked against `Class.__init__`'s parameters, read from the
-source with `ast`, so nothing is imported (no torch, no Lightning: config errors stay fast). Unknown keys are
-refused with the closest names, annotations of plain types (`int`, `float | None`, `Optional[bool]`, ...) are
-checked, other annotations accept anything; the value *ranges* are the constructor's own (`errors.check`). A new
-constructor argument with a default is a new setting: add its default to the YAML, nothing else.
+"""The config's schemas, read from the constructors they configure (one home per setting): `Class.__init__`'s
+parameters, read from the source with `ast` so that nothing is imported (config errors stay fast). Unknown keys are
+refused, annotations of plain types checked; the value ranges are the constructor's own (`errors.check`).
 """
 
 from __future__ import annotations
@@ -13,6 +9,7 @@ import ast
 import difflib
 import functools
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,11 +64,7 @@ def _class_node(module: str, name: str, depth: int = 0) -> ast.ClassDef | None:
             for alias in node.names:
                 if (alias.asname or alias.name) == name:
                     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-                    for _ in range(max(node.level - 1, 0)):
-                        package = package.rpartition(".")[0]
-                    source = node.module or ""
-                    if node.level:
-                        source = f"{package}.{source}".strip(".")
+                    source = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
                     return _class_node(source, alias.name, depth + 1)
     return None
 
@@ -82,7 +75,7 @@ def signature(target: str) -> Signature | None:
     module, _, name = target.rpartition(".")
     try:
         cls = _class_node(module, name) if module else None
-    except (OSError, SyntaxError, UnicodeDecodeError):
+    except (OSError, SyntaxError, UnicodeDecodeError, ImportError):  # (ImportError: a relative import beyond its top)
         return None
     init = next((n for n in cls.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None) if cls else None
     if init is None:
@@ -103,37 +96,6 @@ def signature(target: str) -> Signature | None:
     return Signature(name, params, open=a.kwarg is not None)
 
 
-def _kinds(annotation: str | None) -> set[str] | None:
-    """{"int", "None", ...} for an annotation of plain types; None (anything goes) for any other."""
-    if annotation is None:
-        return None
-    try:
-        tree = ast.parse(annotation, mode="eval").body
-    except SyntaxError:
-        return None
-
-    def walk(node: ast.AST) -> set[str] | None:
-        if isinstance(node, ast.Name) and node.id in ("int", "float", "bool", "str", "Tensor"):
-            return {"float" if node.id == "Tensor" else node.id}  # (a tensor hyperparameter: a number in a config)
-        if isinstance(node, ast.Constant) and node.value is None:
-            return {"None"}
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-            left, right = walk(node.left), walk(node.right)
-            return None if left is None or right is None else left | right
-        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name):
-            inner = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
-            parts = [walk(n) for n in inner]
-            if None in parts or node.value.id not in ("Optional", "Union"):
-                return None
-            return set().union(*parts) | ({"None"} if node.value.id == "Optional" else set())
-        return None
-
-    return walk(tree)
-
-
-KIND_TEXT = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "None": "null"}
-
-
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -142,16 +104,23 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# The plain types an annotation may name (a tensor hyperparameter is a number in a config), and their words.
+KINDS = {"int": (int, "an integer"), "float": ((int, float), "a number"), "Tensor": ((int, float), "a number"),
+         "bool": (bool, "true or false"), "str": (str, "a string"), "None": (type(None), "null")}
+
+
+def _kinds(annotation: str | None) -> list[str] | None:
+    """The plain types an annotation names (`float | None`, `Optional[Union[int, str]]`); None (anything goes) for
+    any other annotation."""
+    if annotation is None:
+        return None
+    kinds = re.split(r"\s*[|,]\s*", re.sub(r"\b(Optional|Union)\[|\]", "", annotation).strip())
+    kinds += ["None"] if re.search(r"\bOptional\[", annotation) else []
+    return kinds if all(k in KINDS for k in kinds) else None
+
+
 def _fits(kind: str, value: Any) -> bool:
-    if kind == "None":
-        return value is None
-    if kind == "bool":
-        return isinstance(value, bool)
-    if kind == "int":
-        return is_int(value)
-    if kind == "float":
-        return is_number(value)
-    return isinstance(value, str)
+    return isinstance(value, KINDS[kind][0]) and (kind == "bool" or not isinstance(value, bool))  # (a bool is an int)
 
 
 def problem(sig: Signature, name: str, value: Any) -> str | None:
@@ -165,10 +134,8 @@ def problem(sig: Signature, name: str, value: Any) -> str | None:
     kinds = _kinds(sig.params[name].annotation)
     if kinds is None or any(_fits(k, value) for k in kinds):
         return None
-    order = [k for k in ("int", "float", "bool", "str", "None") if k in kinds]
-    if "float" in order and "int" in order:
-        order.remove("int")
-    return "must be " + " or ".join(KIND_TEXT[k] for k in order)
+    words = [KINDS[k][1] for k in KINDS if k in kinds]  # in KINDS' order: `int | None` says "an integer or null"
+    return "must be " + " or ".join(dict.fromkeys(w for w in words if w != "an integer" or "a number" not in words))
 
 
 def names(target: Any) -> list[str]:
